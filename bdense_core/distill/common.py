@@ -1,0 +1,78 @@
+"""What every distillation framework shares: the branched student, results, loss records and guards."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..edm import EDMPrecond
+from ..networks import widen_head
+from ..teacher import Teacher, sample_images
+
+# Called after every training iteration with that iteration's record; raising from it stops the run
+# (the study raises optuna.TrialPruned there), returning normally goes on.
+StepCallback = Callable[[dict[str, float]], None]
+
+
+class DivergenceError(FloatingPointError):
+    """A distillation loss became NaN or infinite."""
+
+
+def make_student(teacher_denoiser: EDMPrecond, branches: int) -> EDMPrecond:
+    """The teacher's network with its last layer widened to ``branches * C`` channels, in training mode."""
+    student = copy.deepcopy(teacher_denoiser)
+    student.net = widen_head(teacher_denoiser.net, branches)
+    return student.train().requires_grad_(True)
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Raise :class:`DivergenceError` before a NaN or infinite loss can reach the weights."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DivergenceError(f"distillation loss became {value} at step {step}; lower the learning rate or the weights")
+
+
+def branch_record(step: int, total: torch.Tensor, per_branch: torch.Tensor, **extra: float) -> dict[str, float]:
+    """One loss record: ``loss`` and ``loss_branch_k`` for k = 1..K."""
+    rec = {"step": float(step), "loss": float(total.detach())}
+    rec.update({f"loss_branch_{k + 1}": float(v) for k, v in enumerate(per_branch.detach().cpu())})
+    rec.update(extra)
+    return rec
+
+
+@dataclass
+class DistillResult:
+    """A trained student and the record of its training."""
+
+    student: EDMPrecond
+    config: Any
+    teacher: Teacher
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    images_seen: int = 0
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_seen / self.wall_time_s if self.wall_time_s > 0 else float("nan")
+
+    @property
+    def nfe(self) -> int:
+        return self.config.nfe
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, batch_size: int = 500) -> torch.Tensor:
+        """``n`` images in [-1, 1] from the student's few-step sampler (endpoint branch only)."""
+        self.student.eval()
+        t = self.teacher
+        return sample_images(self.sampler, n, t.image_shape, t.config.sigma_max, seed, batch_size, t.device)
+
+
+def adam(params, lr: float, kind: str = "adam", weight_decay: float = 0.0):
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr)

@@ -1,0 +1,109 @@
+"""Named presets: the teacher, the distillation budget and the FID sample counts, in one readable place.
+
+``tiny`` is for tests (procedural 16 px images, seconds). ``cpu`` is the default on a machine without CUDA
+(Fashion-MNIST, a small teacher, minutes on two cores). ``fmnist-gpu`` is the default where CUDA is present,
+and ``cifar10-gpu`` needs internet for CIFAR-10's first download. Study and demo both read these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .data import DataConfig
+from .distill import PDConfig, SFDConfig
+from .networks import UNetConfig
+from .teacher import TeacherConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    teacher: TeacherConfig
+    sfd: SFDConfig
+    pd: PDConfig
+    fid_samples: int  # generated images per FID
+    fid_reference: int  # real images behind the reference statistics
+    bank_size: int = 0  # teacher trajectories shared by a study's trials (0: fresh ones every iteration)
+    k_choices: tuple[int, ...] = (1, 2, 4)
+    eval_batch: int = 500
+    teacher_file: str | None = None  # a shipped teacher checkpoint to use instead of training one
+
+    @property
+    def data(self) -> DataConfig:
+        return self.teacher.data
+
+
+_FMNIST = DataConfig(name="fashion-mnist")
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            name="tiny",
+            description="tests: procedural 16px shapes, a 0.2M-parameter teacher, seconds on a CPU",
+            teacher=TeacherConfig(
+                data=DataConfig(name="procedural", n_images=512, resolution=16),
+                unet=UNetConfig(img_channels=1, resolution=16, channels=16, channel_mult=(1, 2),
+                                num_res_blocks=1, attn_resolutions=()),
+                steps=150, batch_size=32, lr=2e-3, warmup_steps=20, ema_decay=0.99, sampler_steps=8,
+            ),
+            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=6, batch_size=16, lr=2e-4),
+            pd=PDConfig(teacher_steps=8, rounds=2, iterations=6, batch_size=16),
+            fid_samples=64, fid_reference=64, k_choices=(1, 2, 4),
+        ),
+        Preset(
+            name="cpu",
+            description="default without CUDA: Fashion-MNIST 32px, a small teacher, a few minutes per trial on 2 cores",
+            teacher=TeacherConfig(
+                data=_FMNIST,
+                unet=UNetConfig(img_channels=1, resolution=32, channels=16, channel_mult=(1, 2, 2),
+                                num_res_blocks=1, attn_resolutions=()),
+                steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995, sampler_steps=12,
+            ),
+            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=40, batch_size=32, lr=2e-4),
+            pd=PDConfig(teacher_steps=16, rounds=2, iterations=60, batch_size=32),
+            fid_samples=500, fid_reference=1000, k_choices=(1, 2, 4),
+        ),
+        Preset(
+            name="fmnist-gpu",
+            description="default with CUDA: Fashion-MNIST 32px, a 5M-parameter teacher, 10k-sample FID",
+            teacher=TeacherConfig(
+                data=_FMNIST,
+                unet=UNetConfig(img_channels=1, resolution=32, channels=64, channel_mult=(1, 2, 2),
+                                num_res_blocks=2, attn_resolutions=(8,)),
+                steps=20000, batch_size=256, lr=1e-3, warmup_steps=500, ema_decay=0.9995, sampler_steps=18,
+            ),
+            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=300, batch_size=128, lr=5e-5, amp=True),
+            pd=PDConfig(teacher_steps=64, rounds=3, iterations=1000, batch_size=128, amp=True),
+            fid_samples=10000, fid_reference=60000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
+        ),
+        Preset(
+            name="cifar10-gpu",
+            description="CIFAR-10 32px (needs internet for the first download), a 10M-parameter teacher",
+            teacher=TeacherConfig(
+                data=DataConfig(name="cifar10"),
+                unet=UNetConfig(img_channels=3, resolution=32, channels=96, channel_mult=(1, 2, 2),
+                                num_res_blocks=2, attn_resolutions=(16,)),
+                steps=100000, batch_size=256, lr=1e-3, warmup_steps=1000, ema_decay=0.9999, sampler_steps=18,
+            ),
+            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=1560, batch_size=128, lr=5e-5, amp=True),
+            pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
+            fid_samples=10000, fid_reference=50000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def default_preset_name(cuda: bool) -> str:
+    return "fmnist-gpu" if cuda else "cpu"
+
+
+__all__ = ["PRESETS", "Preset", "default_preset_name", "get_preset", "replace", "field"]

@@ -1,0 +1,240 @@
+"""Train, cache and load the EDM teacher.
+
+``train_teacher(config)`` trains (or resumes) a teacher and caches it under a key derived from the config, so
+a second call with the same config loads it instantly. A teacher can also be saved to and loaded from a
+single file (fp16 weights are fine), which is how a teacher trained on a GPU is shipped with the project.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .data import DataConfig, ImageSet, load_images
+from .edm import SOLVERS, EDMConstants, EDMPrecond, edm_loss, karras_sigmas, solve
+from .networks import UNet, UNetConfig
+from .runtime import autocast, best_device, cache_dir, generator, stable_hash, to_jsonable
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    sampler: str = "heun"  # the teacher's own sampler, for its FID
+    sampler_steps: int = 18
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "sampler_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"teacher {name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"teacher lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.sampler not in SOLVERS:
+            raise ValueError(f"unknown solver {self.sampler!r}; choose one of {', '.join(SOLVERS)}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+
+    @property
+    def key(self) -> str:
+        return stable_hash(self)
+
+
+@dataclass
+class Teacher:
+    denoiser: EDMPrecond  # EMA weights, eval mode
+    config: TeacherConfig
+    key: str
+    loss_history: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    from_cache: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def sigmas(self, steps: int | None = None) -> torch.Tensor:
+        c = self.config
+        return karras_sigmas(steps or c.sampler_steps, c.sigma_min, c.sigma_max, c.rho).to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, batch_size: int = 500, solver: str | None = None, steps: int | None = None):
+        """``n`` images in [-1, 1] from the teacher's ODE sampler (default: its config's sampler and steps)."""
+        return sample_images(
+            lambda x: solve(self.denoiser, x, self.sigmas(steps), solver or self.config.sampler),
+            n, self.image_shape, self.config.sigma_max, seed, batch_size, self.device,
+        )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        u = self.config.unet
+        return (u.img_channels, u.resolution, u.resolution)
+
+
+def sample_images(step_fn, n, shape, sigma_max, seed, batch_size, device) -> torch.Tensor:
+    """Draw ``x_T = sigma_max * randn`` in seeded batches and run ``step_fn`` on each batch."""
+    g = generator(seed, device)
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x = torch.randn((b, *shape), generator=g, device=device) * sigma_max
+        out.append(step_fn(x).float().clamp(-1, 1))
+    return torch.cat(out)
+
+
+def build_denoiser(unet: UNetConfig, seed: int = 0) -> EDMPrecond:
+    """A fresh network whose initial weights depend on ``seed`` only (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return EDMPrecond(UNet(unet), unet.img_channels, EDMConstants().sigma_data)
+
+
+def _check_shapes(config: TeacherConfig, data: ImageSet):
+    u = config.unet
+    if (data.channels, data.resolution) != (u.img_channels, u.resolution):
+        raise ValueError(
+            f"teacher network expects {u.img_channels}x{u.resolution}px images but the data is "
+            f"{data.channels}x{data.resolution}px; set unet.img_channels/resolution to match"
+        )
+
+
+def train_teacher(
+    config: TeacherConfig,
+    device: str | torch.device | None = None,
+    root: str | Path | None = None,
+    progress: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+    checkpoint_every: int = 500,
+    data: ImageSet | None = None,
+) -> Teacher:
+    """Train the teacher of ``config``, resuming a partial run and returning a cached one at once."""
+    device = best_device(str(device) if device else None)
+    folder = cache_dir("teachers", root) / config.key
+    final = folder / "teacher.pt"
+    if final.exists():
+        teacher = load_teacher(final, device)
+        teacher.from_cache = True
+        return teacher
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
+    data = data if data is not None else load_images(config.data)
+    _check_shapes(config, data)
+    images = data.images.to(device)
+
+    net = build_denoiser(config.unet, config.seed).to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    g = generator(config.seed, device)
+    step, history, elapsed = 0, [], 0.0
+    partial = folder / "checkpoint.pt"
+    if partial.exists():
+        state = torch.load(partial, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["rng"].cpu())
+        step, history, elapsed = state["step"], state["history"], state["elapsed"]
+
+    bar = _progress(config.steps, step, "teacher", progress)
+    start = time.perf_counter() - elapsed
+    net.train()
+    while step < config.steps:
+        idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
+        x = images[idx].float() / 127.5 - 1
+        for group in opt.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+        with autocast(device, config.amp):
+            loss = edm_loss(net, x, g)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}; lower the teacher lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), net.parameters()):
+                p_ema.lerp_(p.detach(), 1 - decay)
+        step += 1
+        history.append(float(loss.item()))
+        if callback:
+            callback(step, history[-1])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+        if step % checkpoint_every == 0 and step < config.steps:
+            state = dict(
+                net=net.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
+                step=step, history=history, elapsed=time.perf_counter() - start,
+            )
+            torch.save(state, partial.with_suffix(".tmp"))
+            partial.with_suffix(".tmp").replace(partial)
+    if bar is not None:
+        bar.close()
+    teacher = Teacher(ema, config, config.key, history, time.perf_counter() - start)
+    save_teacher(teacher, final, half=False)
+    partial.unlink(missing_ok=True)
+    return teacher
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def save_teacher(teacher: Teacher, path: str | Path, half: bool = True) -> Path:
+    """One file with the EMA weights (fp16 if ``half``), the config and the training record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in teacher.denoiser.state_dict().items()}
+    payload = dict(
+        format="bdense-teacher/1", config=to_jsonable(teacher.config), key=teacher.key, weights=weights,
+        loss_history=teacher.loss_history, wall_time_s=teacher.wall_time_s,
+    )
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def teacher_config_from_dict(d: dict) -> TeacherConfig:
+    d = dict(d)
+    d["data"] = DataConfig(**d["data"])
+    d["unet"] = UNetConfig(**d["unet"])
+    return TeacherConfig(**d)
+
+
+def load_teacher(path: str | Path, device: str | torch.device | None = None) -> Teacher:
+    """Load a teacher file written by :func:`save_teacher` (fp16 or fp32), in fp32 and eval mode."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"teacher checkpoint {path} not found; train one with train_teacher()")
+    device = best_device(str(device) if device else None)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("format") != "bdense-teacher/1":
+        raise ValueError(f"{path} is not a bdense-study teacher file")
+    config = teacher_config_from_dict(payload["config"])
+    net = build_denoiser(config.unet)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["weights"].items()})
+    net = net.to(device).eval().requires_grad_(False)
+    return Teacher(net, config, payload["key"], payload.get("loss_history", []), payload.get("wall_time_s", 0.0))

@@ -1,0 +1,162 @@
+"""B-DENSE distillation: targets on an analytic toy, training on real (procedural) images, configs, teacher cache."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bdense_core.data import load_images
+from bdense_core.distill import (
+    DivergenceError, PDConfig, SFDConfig, build_trajectory_bank, distill, endpoint_error, make_student,
+)
+from bdense_core.distill.progressive import pd_endpoint_error
+from bdense_core.distill.sfd import teacher_trajectories
+from bdense_core.presets import get_preset
+from bdense_core.schedule import BranchWeights
+from bdense_core.teacher import Teacher, TeacherConfig, load_teacher, save_teacher, train_teacher
+
+TINY = get_preset("tiny")
+MU, S = -0.2, 0.5
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return train_teacher(TINY.teacher, "cpu", root=tmp_path_factory.mktemp("cache"))
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The ideal denoiser of N(MU, S^2 I) data."""
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        return MU + S**2 / (S**2 + sigma**2) * (x - MU)
+
+
+def test_branch_targets_equal_analytic_intermediate_states():
+    cfg = SFDConfig(nfe=2, branches=4, teacher_substeps=64, afs=True, teacher_solver="dpmpp3")
+    toy = Teacher(GaussianDenoiser(), TeacherConfig(), key="gaussian")
+    x_T = torch.randn(4, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * cfg.sigma_max
+    states = teacher_trajectories(toy, x_T, cfg)
+    grid = cfg.teacher_grid().double()
+    assert states.shape[1] == cfg.intervals * 64 + 1
+    for interval in range(cfg.intervals):
+        idx = cfg.branch_indices(interval)
+        assert idx[-1] == (interval + 1) * 64  # the last branch is the student's next timestamp
+        for j in idx:
+            exact = MU + (x_T - MU) * math.sqrt((S**2 + grid[j] ** 2) / (S**2 + cfg.sigma_max**2))
+            assert (states[:, j] - exact).abs().max() < 2e-3 * (1 + exact.abs().max())
+
+
+def test_branch_indices_split_each_interval_evenly():
+    cfg = SFDConfig(nfe=3, branches=2, teacher_substeps=4, afs=False)
+    assert [cfg.branch_indices(i) for i in range(cfg.intervals)] == [[2, 4], [6, 8], [10, 12]]
+    assert SFDConfig(branches=1, teacher_substeps=4).branch_indices(1) == [8]
+
+
+def test_sfd_lowers_endpoint_error_and_records_branch_losses(teacher):
+    cfg = replace(TINY.sfd, branches=4, iterations=30, weights=BranchWeights(a=0.3, b=0.5))
+    before = endpoint_error(make_student(teacher.denoiser, 4).eval(), teacher, cfg)
+    result = distill(teacher, cfg)
+    after = endpoint_error(result.student, teacher, cfg)
+    assert after < 0.85 * before, (before, after)
+    assert len(result.history) == 30
+    rec = result.history[0]
+    w = cfg.weights.weights(4)
+    assert set(rec) >= {"step", "loss", "endpoint_l1"} | {f"loss_branch_{k}" for k in range(1, 5)}
+    weighted = sum(float(w[k]) * rec[f"loss_branch_{k + 1}"] for k in range(4))
+    assert rec["loss"] == pytest.approx(weighted, rel=1e-5)
+    imgs = result.sample(10, seed=0)
+    assert imgs.shape == (10, 1, 16, 16) and imgs.min() >= -1 and imgs.max() <= 1
+    assert torch.equal(imgs, result.sample(10, seed=0))  # seeded
+
+
+def test_sfd_baseline_k1_also_learns(teacher):
+    cfg = replace(TINY.sfd, branches=1, iterations=30)
+    before = endpoint_error(make_student(teacher.denoiser, 1).eval(), teacher, cfg)
+    after = endpoint_error(distill(teacher, cfg).student, teacher, cfg)
+    assert after < 0.85 * before
+
+
+def test_trajectory_bank_matches_fresh_teacher_paths(teacher):
+    cfg = replace(TINY.sfd, branches=2, iterations=3)
+    bank = build_trajectory_bank(teacher, 8, cfg, seed=3, batch_size=4)
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn((4, *teacher.image_shape), generator=g) * cfg.sigma_max
+    assert torch.allclose(bank.states[:4], teacher_trajectories(teacher, x_T, cfg), atol=1e-5)
+    result = distill(teacher, cfg, bank=bank)
+    assert len(result.history) == 3
+    with pytest.raises(ValueError, match="another grid"):
+        distill(teacher, replace(cfg, nfe=3), bank=bank)
+
+
+def test_progressive_distillation_lowers_error_against_teacher(teacher):
+    data = load_images(TINY.teacher.data)
+    for k in (1, 2):
+        cfg = replace(TINY.pd, branches=k, iterations=30)
+        s0 = make_student(teacher.denoiser, k).eval()
+        before = pd_endpoint_error(s0, teacher.denoiser, cfg, cfg.nfe, cfg.teacher_steps, teacher.image_shape)
+        result = distill(teacher, cfg, data=data)
+        after = pd_endpoint_error(result.student, teacher.denoiser, cfg, cfg.nfe, cfg.teacher_steps, teacher.image_shape)
+        assert after < 0.9 * before, (k, before, after)
+        assert len(result.history) == cfg.rounds * cfg.iterations
+        assert [r["student_steps"] for r in result.history[:: cfg.iterations]] == [4.0, 2.0]
+        if k == 2:  # branch 1's target is the teacher's own first Euler sub-step: zero loss at init
+            assert result.history[0]["loss_branch_1"] < 1e-8 < result.history[0]["loss_branch_2"]
+
+
+def test_divergence_is_reported(teacher):
+    cfg = replace(TINY.sfd, branches=2, iterations=2, weights=BranchWeights(a=0.0, b=1e39))
+    with pytest.raises(DivergenceError, match="became (nan|inf) at step 1"):
+        distill(teacher, cfg)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: SFDConfig(branches=0), "K .* must be >= 1"),
+        (lambda: SFDConfig(nfe=0), "NFE must be >= 1"),
+        (lambda: SFDConfig(branches=3, teacher_substeps=4), r"K=3 does not divide .* S=4"),
+        (lambda: SFDConfig(weights=BranchWeights(a=float("inf"))), "finite"),
+        (lambda: SFDConfig(teacher_solver="rk45"), "unknown solver"),
+        (lambda: PDConfig(branches=3), "K = 1 or 2"),
+        (lambda: PDConfig(teacher_steps=12, rounds=3), "cannot be halved"),
+        (lambda: TeacherConfig(sampler="ddpm"), "unknown solver"),
+    ],
+)
+def test_bad_configs_raise_one_clear_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_pd_needs_data(teacher):
+    with pytest.raises(ValueError, match="data="):
+        distill(teacher, TINY.pd)
+
+
+def test_teacher_cache_resume_and_file_roundtrip(tmp_path):
+    cfg = replace(TINY.teacher, steps=20)
+    full = train_teacher(cfg, "cpu", root=tmp_path / "a")
+    again = train_teacher(cfg, "cpu", root=tmp_path / "a")
+    assert again.from_cache and not full.from_cache and again.key == full.key == cfg.key
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, loss):
+        if step == 15:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_teacher(cfg, "cpu", root=tmp_path / "b", callback=interrupt, checkpoint_every=10)
+    resumed = train_teacher(cfg, "cpu", root=tmp_path / "b", checkpoint_every=10)
+    assert resumed.loss_history == full.loss_history  # resumed from step 10 with the same RNG state
+
+    path = save_teacher(full, tmp_path / "teacher.pt", half=True)
+    loaded = load_teacher(path, "cpu")
+    assert loaded.key == full.key and loaded.config == full.config
+    x = torch.randn(4, 1, 16, 16) * 5
+    with torch.no_grad():
+        assert torch.allclose(loaded.denoiser(x, torch.tensor(2.0)), full.denoiser(x, torch.tensor(2.0)), atol=2e-2)
+    with pytest.raises(FileNotFoundError, match="train one"):
+        load_teacher(tmp_path / "missing.pt")
