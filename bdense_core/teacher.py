@@ -58,6 +58,14 @@ class TeacherConfig:
         return stable_hash(self)
 
 
+class TrainingPaused(Exception):
+    """``train_teacher`` stopped at its time budget after writing a checkpoint; call it again to resume."""
+
+    def __init__(self, step: int, total: int):
+        super().__init__(f"teacher training paused at step {step}/{total}; the same call resumes it")
+        self.step, self.total = step, total
+
+
 @dataclass
 class Teacher:
     denoiser: EDMPrecond  # EMA weights, eval mode
@@ -124,8 +132,13 @@ def train_teacher(
     callback: Callable[[int, float], None] | None = None,
     checkpoint_every: int = 500,
     data: ImageSet | None = None,
+    time_budget_s: float | None = None,
 ) -> Teacher:
-    """Train the teacher of ``config``, resuming a partial run and returning a cached one at once."""
+    """Train the teacher of ``config``, resuming a partial run and returning a cached one at once.
+
+    With ``time_budget_s`` the call checkpoints and raises :class:`TrainingPaused` once that much time has
+    passed, so that long trainings can be spread over several calls (or machines sharing the cache).
+    """
     device = best_device(str(device) if device else None)
     folder = cache_dir("teachers", root) / config.key
     final = folder / "teacher.pt"
@@ -154,7 +167,17 @@ def train_teacher(
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
 
     bar = _progress(config.steps, step, "teacher", progress)
-    start = time.perf_counter() - elapsed
+    call_start = time.perf_counter()
+    start = call_start - elapsed
+
+    def save_checkpoint():
+        state = dict(
+            net=net.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
+            step=step, history=history, elapsed=time.perf_counter() - start,
+        )
+        torch.save(state, partial.with_suffix(".tmp"))
+        partial.with_suffix(".tmp").replace(partial)
+
     net.train()
     while step < config.steps:
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
@@ -180,12 +203,12 @@ def train_teacher(
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         if step % checkpoint_every == 0 and step < config.steps:
-            state = dict(
-                net=net.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
-                step=step, history=history, elapsed=time.perf_counter() - start,
-            )
-            torch.save(state, partial.with_suffix(".tmp"))
-            partial.with_suffix(".tmp").replace(partial)
+            save_checkpoint()
+        if time_budget_s is not None and time.perf_counter() - call_start > time_budget_s and step < config.steps:
+            save_checkpoint()
+            if bar is not None:
+                bar.close()
+            raise TrainingPaused(step, config.steps)
     if bar is not None:
         bar.close()
     teacher = Teacher(ema, config, config.key, history, time.perf_counter() - start)

@@ -160,3 +160,15 @@ def test_teacher_cache_resume_and_file_roundtrip(tmp_path):
         assert torch.allclose(loaded.denoiser(x, torch.tensor(2.0)), full.denoiser(x, torch.tensor(2.0)), atol=2e-2)
     with pytest.raises(FileNotFoundError, match="train one"):
         load_teacher(tmp_path / "missing.pt")
+
+
+def test_teacher_training_pauses_at_its_budget_and_resumes_identically(tmp_path):
+    from bdense_core.teacher import TrainingPaused
+
+    cfg = replace(TINY.teacher, steps=12)
+    full = train_teacher(cfg, "cpu", root=tmp_path / "a")
+    with pytest.raises(TrainingPaused) as info:
+        train_teacher(cfg, "cpu", root=tmp_path / "b", time_budget_s=0.0)
+    assert info.value.step == 1
+    resumed = train_teacher(cfg, "cpu", root=tmp_path / "b")
+    assert resumed.loss_history == full.loss_history

@@ -1,0 +1,77 @@
+"""Train (or resume) a preset's teacher within a time budget, then score it and write it out.
+
+    source scripts/gpu/stage.sh
+    python scripts/gpu/teacher.py --preset fmnist-gpu --budget-s 480 --out "$OUT"
+
+Call it again to resume where the budget stopped it (the checkpoint sits in $BDENSE_CACHE_DIR). When the
+teacher is complete it is saved in fp16 to OUT/teacher-<preset>.pt and scored: FID/KID of
+``preset.fid_samples`` samples from its own sampler against ``preset.fid_reference`` training images,
+written with the timings to OUT/teacher-<preset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bdense_core.edm import nfe  # noqa: E402
+from bdense_core.evaluate import evaluate, make_evaluator  # noqa: E402
+from bdense_core.presets import get_preset  # noqa: E402
+from bdense_core.runtime import best_device  # noqa: E402
+from bdense_core.teacher import TrainingPaused, save_teacher, train_teacher  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fmnist-gpu")
+    p.add_argument("--budget-s", type=float, default=480.0, help="stop and checkpoint after this long")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    preset = get_preset(args.preset)
+    device = best_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        teacher = train_teacher(preset.teacher, device, time_budget_s=args.budget_s)
+    except TrainingPaused as e:
+        rate = e.step * preset.teacher.batch_size / (time.perf_counter() - t0)
+        print(f"teacher: {e} (about {rate:,.0f} images/s incl. start-up)")
+        return 0
+    print(f"teacher {teacher.key}: {'cached' if teacher.from_cache else 'trained'}, "
+          f"{len(teacher.loss_history)} steps in {teacher.wall_time_s:.0f} s of training "
+          f"({len(teacher.loss_history) * preset.teacher.batch_size / max(teacher.wall_time_s, 1e-9):,.0f} images/s), "
+          f"final loss {sum(teacher.loss_history[-100:]) / 100:.4f}")
+    path = save_teacher(teacher, out / f"teacher-{preset.name}.pt", half=True)
+    t1 = time.perf_counter()
+    evaluator = make_evaluator(preset.data, preset.fid_reference, device)
+    t_ref = time.perf_counter() - t1
+    scores = evaluate(teacher, evaluator, preset.fid_samples, seed=2024, batch_size=preset.eval_batch)
+    c = preset.teacher
+    record = dict(
+        preset=preset.name, key=teacher.key, steps=c.steps, batch_size=c.batch_size,
+        params=sum(p.numel() for p in teacher.denoiser.parameters()), train_s=teacher.wall_time_s,
+        sampler=c.sampler, sampler_steps=c.sampler_steps, nfe=nfe(c.sampler, c.sampler_steps),
+        fid=scores["fid"], kid=scores["kid"], fid_samples=preset.fid_samples, fid_reference=preset.fid_reference,
+        reference_stats_s=t_ref, samples_per_s=scores["samples_per_s"], file=path.name,
+        file_mb=path.stat().st_size / 2**20, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        loss_first_100=sum(teacher.loss_history[:100]) / 100, loss_last_100=sum(teacher.loss_history[-100:]) / 100,
+    )
+    (out / f"teacher-{preset.name}.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
