@@ -16,7 +16,7 @@ from .fid import InceptionNotFound
 from .presets import PRESETS, default_preset_name, get_preset
 from .runtime import best_device
 from .schedule import BranchWeights
-from .teacher import load_teacher, train_teacher
+from .teacher import get_teacher
 
 
 def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, device: str | None, root: str | None,
@@ -24,10 +24,7 @@ def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, devic
     preset = get_preset(preset_name)
     dev = best_device(device)
     t0 = time.perf_counter()
-    if preset.teacher_file:
-        teacher = load_teacher(preset.teacher_file, dev)
-    else:
-        teacher = train_teacher(preset.teacher, dev, root=root, progress=sys.stderr.isatty())
+    teacher = get_teacher(preset.teacher, preset.teacher_file, dev, root=root, progress=sys.stderr.isatty())
     print(f"teacher {teacher.key}: {'loaded from cache' if teacher.from_cache else f'trained in {teacher.wall_time_s:.0f} s'}",
           flush=True)
     evaluator = make_evaluator(preset.data, preset.fid_reference, dev, root=root)

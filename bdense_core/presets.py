@@ -8,6 +8,7 @@ and ``cifar10-gpu`` needs internet for CIFAR-10's first download. Study and demo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from .data import DataConfig
 from .distill import PDConfig, SFDConfig
@@ -35,6 +36,8 @@ class Preset:
 
 
 _FMNIST = DataConfig(name="fashion-mnist")
+# Teachers trained on the H100 by scripts/gpu/teacher.py and shipped with the repository (fp16).
+TEACHERS = Path(__file__).resolve().parents[1] / "results" / "teachers"
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -59,11 +62,11 @@ PRESETS: dict[str, Preset] = {
                 data=_FMNIST,
                 unet=UNetConfig(img_channels=1, resolution=32, channels=16, channel_mult=(1, 2, 2),
                                 num_res_blocks=1, attn_resolutions=()),
-                steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.995, sampler_steps=12,
+                steps=800, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.99, sampler_steps=12,
             ),
             sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=40, batch_size=32, lr=2e-4),
             pd=PDConfig(teacher_steps=16, rounds=2, iterations=60, batch_size=32),
-            fid_samples=500, fid_reference=1000, k_choices=(1, 2, 4),
+            fid_samples=300, fid_reference=500, k_choices=(1, 2, 4),
         ),
         Preset(
             name="fmnist-gpu",
@@ -77,6 +80,7 @@ PRESETS: dict[str, Preset] = {
             sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=300, batch_size=128, lr=5e-5, amp=True),
             pd=PDConfig(teacher_steps=64, rounds=3, iterations=1000, batch_size=128, amp=True),
             fid_samples=10000, fid_reference=60000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
+            teacher_file=str(TEACHERS / "teacher-fmnist-gpu.pt"),
         ),
         Preset(
             name="cifar10-gpu",

@@ -217,6 +217,23 @@ def train_teacher(
     return teacher
 
 
+def get_teacher(
+    config: TeacherConfig,
+    teacher_file: str | Path | None = None,
+    device: str | torch.device | None = None,
+    root: str | Path | None = None,
+    progress: bool = False,
+) -> Teacher:
+    """The teacher of ``config``: the shipped ``teacher_file`` when it holds exactly this config, else trained
+    (or loaded from the cache) by :func:`train_teacher`."""
+    if teacher_file is not None and Path(teacher_file).is_file():
+        teacher = load_teacher(teacher_file, device)
+        if teacher.key == config.key:
+            teacher.from_cache = True
+            return teacher
+    return train_teacher(config, device, root=root, progress=progress)
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     if not enabled:
         return None

@@ -172,3 +172,26 @@ def test_teacher_training_pauses_at_its_budget_and_resumes_identically(tmp_path)
     assert info.value.step == 1
     resumed = train_teacher(cfg, "cpu", root=tmp_path / "b")
     assert resumed.loss_history == full.loss_history
+
+
+def test_shipped_teacher_file_is_used_only_for_its_own_config(tmp_path):
+    from bdense_core.teacher import get_teacher
+
+    cfg = replace(TINY.teacher, steps=5)
+    trained = train_teacher(cfg, "cpu", root=tmp_path / "a")
+    shipped = save_teacher(trained, tmp_path / "shipped.pt")
+    used = get_teacher(cfg, shipped, "cpu", root=tmp_path / "b")
+    assert used.key == cfg.key and used.from_cache
+    assert not (tmp_path / "b" / "teachers" / cfg.key / "teacher.pt").exists()  # nothing was trained
+    other = replace(cfg, seed=1)
+    fresh = get_teacher(other, shipped, "cpu", root=tmp_path / "b")
+    assert fresh.key == other.key != cfg.key and not fresh.from_cache
+
+
+def test_gpu_preset_ships_its_teacher():
+    from bdense_core.teacher import load_teacher
+
+    preset = get_preset("fmnist-gpu")
+    teacher = load_teacher(preset.teacher_file, "cpu")
+    assert teacher.key == preset.teacher.key
+    assert len(teacher.loss_history) == preset.teacher.steps
