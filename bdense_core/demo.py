@@ -23,15 +23,7 @@ def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, devic
         framework: str = "sfd") -> list[dict]:
     preset = get_preset(preset_name)
     dev = best_device(device)
-    t0 = time.perf_counter()
-    teacher = get_teacher(preset.teacher, preset.teacher_file, dev, root=root, progress=sys.stderr.isatty())
-    print(f"teacher {teacher.key}: {'loaded from cache' if teacher.from_cache else f'trained in {teacher.wall_time_s:.0f} s'}",
-          flush=True)
-    evaluator = make_evaluator(preset.data, preset.fid_reference, dev, root=root)
-    rows = []
-    t_scores = evaluate(teacher, evaluator, preset.fid_samples, seed=seed, batch_size=preset.eval_batch)
-    rows.append(dict(model=f"teacher ({teacher.config.sampler}, {teacher.config.sampler_steps} steps)", **t_scores))
-    data = load_images(preset.data) if framework == "pd" else None
+    configs = []  # built first, so that bad input fails before any training
     for branches in (k, 1) if k != 1 else (1,):
         weights = BranchWeights(a=a, b=b) if branches > 1 else BranchWeights()
         if framework == "sfd":
@@ -40,9 +32,20 @@ def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, devic
             cfg = replace(preset.sfd, nfe=nfe, branches=branches, teacher_substeps=s, weights=weights, seed=seed)
         else:
             cfg = replace(preset.pd, branches=branches, weights=weights, seed=seed)
+        configs.append(cfg)
+    t0 = time.perf_counter()
+    teacher = get_teacher(preset.teacher, preset.teacher_file, dev, root=root, progress=sys.stderr.isatty())
+    print(f"teacher {teacher.key}: {'loaded' if teacher.from_cache else f'trained in {teacher.wall_time_s:.0f} s'}",
+          flush=True)
+    evaluator = make_evaluator(preset.data, preset.fid_reference, dev, root=root)
+    rows = []
+    t_scores = evaluate(teacher, evaluator, preset.fid_samples, seed=seed, batch_size=preset.eval_batch)
+    rows.append(dict(model=f"teacher ({teacher.config.sampler}, {teacher.config.sampler_steps} steps)", **t_scores))
+    data = load_images(preset.data) if framework == "pd" else None
+    for cfg in configs:
         result = distill(teacher, cfg, data=data, progress=sys.stderr.isatty())
         scores = evaluate(result, evaluator, preset.fid_samples, seed=seed, batch_size=preset.eval_batch)
-        label = f"B-DENSE K={branches} (a={a:g}, b={b:g})" if branches > 1 else "baseline K=1"
+        label = f"B-DENSE K={cfg.branches} (a={a:g}, b={b:g})" if cfg.branches > 1 else "baseline K=1"
         rows.append(dict(model=f"{label}, NFE {cfg.nfe}", train_s=result.wall_time_s, **scores))
         print(f"{rows[-1]['model']}: FID {scores['fid']:.2f} (trained {result.wall_time_s:.0f} s)", flush=True)
     print(f"\n{preset.name} preset, {preset.fid_samples} samples vs {preset.fid_reference} reference images, "
