@@ -62,7 +62,7 @@ PRESETS: dict[str, Preset] = {
                 data=_FMNIST,
                 unet=UNetConfig(img_channels=1, resolution=32, channels=16, channel_mult=(1, 2, 2),
                                 num_res_blocks=1, attn_resolutions=()),
-                steps=400, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.99, sampler_steps=12,
+                steps=2000, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995, sampler_steps=12,
             ),
             sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=40, batch_size=32, lr=2e-4),
             pd=PDConfig(teacher_steps=16, rounds=2, iterations=60, batch_size=32),
