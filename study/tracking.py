@@ -1,0 +1,280 @@
+"""MLflow records of a study: one parent run per study, one nested run per trial, one run for the teacher.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no global "active run"), so several runs can
+be open at once and several worker processes can write to one store. Per-step metrics are buffered and
+sent with ``log_batch``. The parent run is found again on resume through the study's user attribute
+``mlflow_parent_run_id`` (or its ``optuna_study_name`` tag); the trial run carries the tag
+``optuna_trial_number`` and the trial holds the run id in its user attribute ``mlflow_run_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+KIND_TAG = "bdense.kind"  # "study" | "trial" | "teacher"
+STUDY_TAG = "optuna_study_name"
+TRIAL_TAG = "optuna_trial_number"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
+
+
+def quiet_logs() -> None:
+    for name in ("mlflow", "alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def _retry(fn: Callable[[], Any], tries: int = 8) -> Any:
+    """Call ``fn``, retrying briefly when SQLite reports a lock held by another worker process."""
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            if "locked" not in str(e).lower() or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> ``{"a.b": "value"}`` with MLflow-safe string values."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            text = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            out[key] = text[:5000]
+    return out
+
+
+class Tracker:
+    """One MLflow tracking store and one experiment (named like the study)."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
+        quiet_logs()
+        from mlflow import MlflowClient
+
+        quiet_logs()
+        self.uri = tracking_uri
+        self.artifact_root = Path(artifact_root) if artifact_root is not None and is_local_store(tracking_uri) else None
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id: str | None = None
+
+    # -- experiment and parent run -------------------------------------------------------------------
+    def use_experiment(self, name: str) -> str:
+        exp = _retry(lambda: self.client.get_experiment_by_name(name))
+        if exp is None:
+            location = None
+            if self.artifact_root is not None:
+                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+                location = (self.artifact_root / safe).resolve().as_uri()
+            try:
+                self.experiment_id = _retry(lambda: self.client.create_experiment(name, artifact_location=location))
+            except Exception:  # another process created it at the same moment
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def _run_exists(self, run_id: str | None) -> bool:
+        if not run_id:
+            return False
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - not in this store
+            return False
+        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
+
+    def find_runs(self, kind: str, **tags: str) -> list:
+        parts = [f"tags.`{KIND_TAG}` = '{kind}'"] + [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        return _retry(lambda: self.client.search_runs([self.experiment_id], " and ".join(parts), max_results=1000))
+
+    def parent_run(self, study_name: str, known_run_id: str | None, params: dict, create: bool = True) -> str | None:
+        """The study's parent run: the known one, else one tagged with the study name, else a new one."""
+        if self._run_exists(known_run_id):
+            run_id = known_run_id
+        else:
+            runs = self.find_runs("study", **{STUDY_TAG: study_name})
+            if runs:
+                run_id = sorted(runs, key=lambda r: r.info.start_time)[0].info.run_id
+            elif create:
+                run = _retry(lambda: self.client.create_run(
+                    self.experiment_id, run_name=f"study {study_name}",
+                    tags={KIND_TAG: "study", STUDY_TAG: study_name},
+                ))
+                run_id = run.info.run_id
+                self.log_params(run_id, params)
+            else:
+                return None
+        return run_id
+
+    # -- generic logging -----------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 90):
+            _retry(lambda chunk=items[i:i + 90]: self.client.log_batch(run_id, params=chunk))
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for i in range(0, len(items), MAX_BATCH):
+            _retry(lambda chunk=items[i:i + MAX_BATCH]: self.client.log_batch(run_id, metrics=chunk))
+
+    def log_series(self, run_id: str, key: str, values: list[float], first_step: int = 1) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values) if math.isfinite(float(v))]
+        for i in range(0, len(items), MAX_BATCH):
+            _retry(lambda chunk=items[i:i + MAX_BATCH]: self.client.log_batch(run_id, metrics=chunk))
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def log_json(self, run_id: str, name: str, obj: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(obj, indent=2, default=str))
+            self.log_artifact(run_id, path)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """``FINISHED``, ``FAILED``, ``KILLED`` or ``RUNNING`` (reopening a parent run on resume)."""
+        if status == "RUNNING":
+            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        else:
+            _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    # -- the teacher's run ---------------------------------------------------------------------------
+    def teacher_run(self, teacher, study_name: str, parent_run_id: str | None) -> str:
+        """The teacher's own run (one per teacher per experiment): config, loss curve and wall time."""
+        runs = self.find_runs("teacher", teacher_key=teacher.key)
+        if runs:
+            return runs[0].info.run_id
+        from bdense_core.runtime import to_jsonable
+
+        tags = {KIND_TAG: "teacher", "teacher_key": teacher.key, STUDY_TAG: study_name,
+                "from_cache": str(bool(getattr(teacher, "from_cache", False))).lower()}
+        if parent_run_id:
+            tags["bdense.study_run_id"] = parent_run_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=f"teacher {teacher.key}", tags=tags))
+        run_id = run.info.run_id
+        self.log_params(run_id, {"teacher": to_jsonable(teacher.config), "teacher_key": teacher.key})
+        self.log_series(run_id, "teacher_loss", list(teacher.loss_history))
+        self.log_metrics(run_id, {"wall_time_s": teacher.wall_time_s, "train_steps": len(teacher.loss_history)})
+        self.log_json(run_id, "teacher_config.json", to_jsonable(teacher.config))
+        try:  # a look at what the students are distilled from (one sampler run on 32 images)
+            with tempfile.TemporaryDirectory() as tmp:
+                grid = save_sample_grid(teacher.sample(32, seed=7, batch_size=32), Path(tmp) / "teacher_samples.png")
+                self.log_artifact(run_id, grid)
+        except Exception:  # noqa: BLE001 - the grid is a convenience
+            pass
+        self.set_status(run_id, "FINISHED")
+        return run_id
+
+    # -- trial runs ----------------------------------------------------------------------------------
+    def start_trial_run(self, study_name: str, parent_run_id: str, trial_number: int, run_name: str,
+                        tags: dict[str, Any]) -> "TrialRun":
+        all_tags = {KIND_TAG: "trial", STUDY_TAG: study_name, TRIAL_TAG: str(trial_number), PARENT_TAG: parent_run_id}
+        all_tags.update({k: str(v) for k, v in tags.items()})
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags))
+        return TrialRun(self, run.info.run_id)
+
+    def trial_runs(self, study_name: str) -> list:
+        return self.find_runs("trial", **{STUDY_TAG: study_name})
+
+
+class TrialRun:
+    """A trial's MLflow run with a buffer for per-step metrics (sent every ``flush_every`` records)."""
+
+    def __init__(self, tracker: Tracker, run_id: str, flush_every: int = 50, flush_seconds: float = 15.0):
+        self.tracker = tracker
+        self.run_id = run_id
+        self._buffer: list = []
+        self._flush_every = flush_every
+        self._flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+
+    def log_step(self, record: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in record.items():
+            if key == "step" or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                continue
+            self._buffer.append(Metric(key, float(value), now, int(step)))
+        if len(self._buffer) >= self._flush_every * 4 or time.monotonic() - self._last_flush > self._flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        items, self._buffer = self._buffer, []
+        for i in range(0, len(items), MAX_BATCH):
+            _retry(lambda chunk=items[i:i + MAX_BATCH]: self.tracker.client.log_batch(self.run_id, metrics=chunk))
+        self._last_flush = time.monotonic()
+
+    def finish(self, status: str = "FINISHED") -> None:
+        try:
+            self.flush()
+        finally:
+            self.tracker.set_status(self.run_id, status)
+
+
+# -- artifacts ---------------------------------------------------------------------------------------
+def save_sample_grid(images, path: Path, nrow: int = 8) -> Path:
+    """Images in [-1, 1] ``[N, C, H, W]`` -> one PNG grid."""
+    from torchvision.utils import save_image
+
+    save_image((images.detach().float().cpu() + 1) / 2, str(path), nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+def plot_branch_weights(weights: list[float], fitted_ab: tuple[float, float], mode: str, title: str, path: Path) -> Path:
+    """Bar plot of w_1..w_K; for free weights also the least-squares exponential b*exp(a*k)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = np.arange(1, len(weights) + 1)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
+    ax.bar(k, weights, color="#4C72B0", label="w_k")
+    a, b = fitted_ab
+    if mode == "free" and len(weights) > 1:
+        fine = np.linspace(1, len(weights), 50)
+        ax.plot(fine, b * np.exp(a * fine), color="#DD8452", label=f"fit b·exp(a·k): a={a:.3g}, b={b:.3g}")
+        ax.legend(fontsize=7)
+    ax.set_xticks(k)
+    ax.set_xlabel("branch k (k = K is the endpoint)")
+    ax.set_ylabel("loss weight w_k")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

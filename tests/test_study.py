@@ -1,0 +1,282 @@
+"""End-to-end: real studies on the tiny preset through the CLI, checked through Optuna's and MLflow's own APIs.
+
+One teacher (and one set of FID reference statistics) serves every test: ``BDENSE_CACHE_DIR`` points all run
+folders at one cache. Each command runs in a subprocess, as a researcher would run it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = [sys.executable, str(REPO / "study" / "run.py")]
+# tiny sizes: the tiny preset, 2 distillation iterations, 8-sample FID, no pruning (3 trials are too few)
+FAST = ["--preset", "tiny", "--fid-samples", "8", "--iterations", "2", "--pruner", "none"]
+TRIAL_ATTRS = {"fid", "kid", "fid_seeds", "fid_std", "seeds", "nfe", "framework", "weights_mode", "fitted_a",
+               "fitted_b", "preset", "teacher_key", "mlflow_run_id", "wall_time_s", "role"}
+STUDY_ATTRS = {"preset", "framework", "nfe", "fid_samples", "teacher_key", "mlflow_experiment_id",
+               "mlflow_parent_run_id", "k_choices", "weights_mode"}
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bdense-cache")
+
+
+def _env(runs: Path, cache: Path) -> dict:
+    env = dict(os.environ)
+    env.update(BDENSE_RUNS_DIR=str(runs), BDENSE_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(args: list[str], runs: Path, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(RUN + args, cwd=REPO, env=_env(runs, cache), capture_output=True, text=True, timeout=timeout)
+
+
+def load(runs: Path, name: str) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(runs / "optuna-journal.log")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def mlflow_client(runs: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+
+
+def runs_of(client, study: optuna.Study, kind: str):
+    exp = study.user_attrs["mlflow_experiment_id"]
+    return client.search_runs([exp], f"tags.`bdense.kind` = '{kind}'", max_results=1000)
+
+
+def _check(proc: subprocess.CompletedProcess, code: int = 0) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+# -- a 3-trial study, then 2 more trials on it ---------------------------------------------------------------
+NAME = "e2e"
+
+
+@pytest.fixture(scope="module")
+def first_study(tmp_path_factory, cache_dir):
+    runs = tmp_path_factory.mktemp("runs-e2e")
+    start = time.monotonic()
+    proc = run_cli([*FAST, "--n-trials", "3", "--study-name", NAME], runs, cache_dir)
+    _check(proc)
+    return runs, proc, time.monotonic() - start
+
+
+def test_three_trial_study_is_in_both_stores(first_study):
+    runs, proc, _ = first_study
+    study = load(runs, NAME)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    roles = [t.user_attrs["role"] for t in trials]
+    assert roles[:2] == ["baseline-k1", "baseline-uniform"] and roles[2] == "search"
+    assert trials[0].params == {"K": 1, "a": 0.0, "b": 1.0}
+    assert trials[1].params == {"K": 4, "a": 0.0, "b": 1.0}
+    assert STUDY_ATTRS <= set(study.user_attrs)
+    for t in trials:
+        assert TRIAL_ATTRS <= set(t.user_attrs), TRIAL_ATTRS - set(t.user_attrs)
+        assert t.value == pytest.approx(t.user_attrs["fid"]) and t.user_attrs["fid_seeds"] == [t.value]
+        assert set(t.params) == {"K", "a", "b"}
+
+    client = mlflow_client(runs)
+    parents = runs_of(client, study, "study")
+    assert [p.info.run_id for p in parents] == [study.user_attrs["mlflow_parent_run_id"]]
+    children = {r.info.run_id: r for r in runs_of(client, study, "trial")}
+    assert len(children) == 3
+    for t in trials:
+        run = children[t.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["optuna_trial_number"] == str(t.number)
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert params["K"] == str(t.params["K"]) and float(params["a"]) == pytest.approx(t.params["a"])
+        for key in ("b", "weights_mode", "framework", "nfe", "seeds", "preset", "teacher_key"):
+            assert key in params
+        assert params["teacher_key"] == study.user_attrs["teacher_key"]
+        loss = client.get_metric_history(run.info.run_id, "loss")
+        assert [m.step for m in loss] == [1, 2]  # per-step history (--iterations 2)
+        assert len(client.get_metric_history(run.info.run_id, f"loss_branch_{t.params['K']}")) == 2
+        assert run.data.metrics["fid"] == pytest.approx(t.value)
+        for key in ("kid", "wall_time_s", "samples_per_s"):
+            assert key in run.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"samples_seed0.png", "branch_weights.png", "config.json"} <= artifacts
+    teacher = runs_of(client, study, "teacher")
+    assert len(teacher) == 1 and teacher[0].data.tags["teacher_key"] == study.user_attrs["teacher_key"]
+    assert len(client.get_metric_history(teacher[0].info.run_id, "teacher_loss")) > 10
+
+    out = proc.stdout
+    assert "best trial" in out and "baseline K=1" in out and "improvement" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "--default-artifact-root" in out
+    assert out.count("[trial ") == 3  # one progress line per trial (not a terminal)
+
+
+def test_same_command_again_adds_trials_to_the_same_study(first_study, cache_dir):
+    runs, _, _ = first_study
+    proc = run_cli([*FAST, "--n-trials", "2", "--study-name", NAME], runs, cache_dir)
+    _check(proc)
+    assert "queued baselines" not in proc.stderr
+    study = load(runs, NAME)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    roles = [t.user_attrs["role"] for t in trials]
+    assert roles.count("baseline-k1") == 1 and roles.count("baseline-uniform") == 1
+    client = mlflow_client(runs)
+    assert len(runs_of(client, study, "study")) == 1
+    assert len(runs_of(client, study, "teacher")) == 1
+    children = runs_of(client, study, "trial")
+    assert len(children) == 5
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {study.user_attrs["mlflow_parent_run_id"]}
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
+    # the teacher came from the cache: the log says so
+    assert "loaded from cache" in proc.stderr
+
+
+def test_resuming_with_other_settings_is_refused(first_study, cache_dir):
+    runs, _, _ = first_study
+    proc = run_cli([*FAST[:-4], "--iterations", "3", "--n-trials", "1", "--study-name", NAME], runs, cache_dir)
+    _check(proc, 2)
+    assert proc.stderr.count("\n") == 1 and "other settings" in proc.stderr and "iterations" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_mlflow_ui_serves_the_study(first_study):
+    runs, _, _ = first_study
+    out = runs / "mlflow-ui.png"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "mlflow_screenshot.py"), "--runs-dir", str(runs),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=400)
+    _check(proc)
+    assert out.exists() and out.stat().st_size > 20_000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- workers -------------------------------------------------------------------------------------------------
+def test_two_workers_share_one_journal_storage(tmp_path, cache_dir):
+    runs = tmp_path / "runs"
+    proc = run_cli([*FAST, "--n-trials", "4", "--workers", "2", "--study-name", "pair"], runs, cache_dir)
+    _check(proc)
+    study = load(runs, "pair")
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == [0, 1, 2, 3] and len(set(numbers)) == 4
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers did trials
+    children = runs_of(mlflow_client(runs), study, "trial")
+    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert proc.stdout.count("[trial ") == 4
+
+
+def _wait_for_running_trial(runs: Path, name: str, proc: subprocess.Popen, timeout: float = 400):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if (runs / "optuna-journal.log").exists():
+            try:
+                study = load(runs, name)
+            except KeyError:
+                study = None
+            if study is not None:
+                for t in study.get_trials(states=(TrialState.RUNNING,)):
+                    if "mlflow_run_id" in t.user_attrs:
+                        return t
+        time.sleep(0.5)
+    raise AssertionError("no trial started")
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_its_trial_failed_then_retried(tmp_path, cache_dir):
+    runs = tmp_path / "runs"
+    args = [*FAST, "--n-trials", "4", "--workers", "2", "--study-name", "kill", "--heartbeat-interval", "2"]
+    proc = subprocess.Popen(RUN + args, cwd=REPO, env=_env(runs, cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    victim = _wait_for_running_trial(runs, "kill", proc)
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "killed by signal 9" in err
+
+    study = load(runs, "kill")
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    dead = trials[victim.number]
+    assert dead.state == TrialState.FAIL and "heartbeat" in dead.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == dead.params and retries[0].user_attrs["role"] == dead.user_attrs["role"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4  # no trial lost
+    assert len({t.number for t in trials}) == len(trials)
+    client = mlflow_client(runs)
+    assert client.get_run(dead.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_fails_the_running_trial_and_keeps_the_rest(tmp_path, cache_dir):
+    runs = tmp_path / "runs"
+    args = [*FAST, "--n-trials", "5", "--study-name", "intr"]
+    proc = subprocess.Popen(RUN + args, cwd=REPO, env=_env(runs, cache_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = _wait_for_running_trial(runs, "intr", proc)
+    deadline = time.monotonic() + 300  # let one trial finish, then interrupt the next one
+    while time.monotonic() < deadline:
+        running = [t for t in load(runs, "intr").get_trials(states=(TrialState.RUNNING,))
+                   if t.number > first.number and "mlflow_run_id" in t.user_attrs]
+        if running:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert last.startswith("interrupted:") and "run the same command to continue" in last
+    study = load(runs, "intr")
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = trials[running[0].number]
+    assert stopped.state == TrialState.FAIL and "interrupted" in stopped.user_attrs["fail_reason"]
+    client = mlflow_client(runs)
+    assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+def test_bad_input_gets_one_line_and_status_2(tmp_path, cache_dir):
+    (tmp_path / "junk.log").write_text("this is not a journal\n")
+    cases = {
+        "unknown preset": ["--preset", "nope"],
+        "--n-trials 0": ["--preset", "tiny", "--n-trials", "0"],
+        "missing sqlite folder": ["--preset", "tiny", "--storage", f"sqlite:///{tmp_path}/no/such/dir/o.db"],
+        "not a journal": ["--preset", "tiny", "--storage", str(tmp_path / "junk.log")],
+        "unsupported scheme": ["--preset", "tiny", "--storage", "bogus://host/db"],
+        "a-range min > max": ["--preset", "tiny", "--a-range", "2", "1"],
+        "K choice < 1": ["--preset", "tiny", "--k", "0", "2"],
+    }
+    env = _env(tmp_path / "runs", cache_dir)
+    procs = {name: subprocess.Popen(RUN + argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, argv in cases.items()}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 2, (name, err)
+        assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("bdense-study: error:"), (name, err)
+        assert out == "", (name, out)
+    assert not (tmp_path / "runs" / "mlflow.db").exists()

@@ -1,0 +1,140 @@
+"""Fast checks of study/ pieces that need no training: flags, search space, storages, heartbeats, shares."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study import space
+from study.cli import UsageError, parse_config
+from study.storage import HEARTBEAT_ATTR, StorageError, fail_stale_trials, open_storage
+from study.workers import split_trials
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def test_defaults_resolve_from_the_preset(runs):
+    cfg = parse_config(["--preset", "tiny"])
+    assert cfg.preset.name == "tiny" and cfg.framework == "sfd"
+    assert cfg.k_choices == (1, 2, 4) and cfg.nfe == cfg.preset.sfd.nfe
+    assert cfg.storage_url == f"journal:{runs.resolve() / 'optuna-journal.log'}"
+    assert cfg.mlflow_uri == f"sqlite:///{runs.resolve() / 'mlflow.db'}"
+    assert cfg.artifact_root == runs.resolve() / "mlartifacts"
+    assert cfg.study_name == "bdense-tiny-sfd-nfe2-exp-k1-2-4"
+    assert cfg.seeds == [0]
+
+
+def test_teacher_substeps_are_the_lcm_and_k1_is_always_searched(runs):
+    cfg = parse_config(["--preset", "tiny", "--k", "3", "4", "--seeds-per-trial", "3", "--seed", "5"])
+    assert cfg.k_choices == (1, 3, 4)
+    assert cfg.teacher_substeps == 12  # lcm(S=4, 3, 4)
+    for k in cfg.k_choices:  # every K divides S: the core accepts every trial's config
+        assert cfg.distill_config(k, space.BranchWeights(), 0).teacher_substeps == 12
+    assert cfg.seeds == [5, 6, 7]
+
+
+def test_overrides_apply_to_the_preset(runs):
+    cfg = parse_config(["--preset", "tiny", "--fid-samples", "16", "--iterations", "3", "--framework", "pd", "--nfe", "4"])
+    assert cfg.preset.fid_samples == 16 and cfg.iterations == 3
+    assert cfg.k_choices == (1, 2) and cfg.nfe == 4 and cfg.preset.pd.nfe == 4
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--preset", "nope"], "unknown preset"),
+    (["--n-trials", "0"], "--n-trials"),
+    (["--a-range", "2", "1"], "MIN must be <= MAX"),
+    (["--k", "0"], "K choice must be >= 1"),
+    (["--b-range", "-1", "2"], "> 0"),
+    (["--framework", "pd", "--k", "4"], "K = 1 or 2"),
+    (["--framework", "pd", "--nfe", "3"], "NFE must be"),
+])
+def test_bad_flags_raise_usage_errors(runs, argv, words):
+    with pytest.raises(UsageError, match=words.replace("(", r"\(")):
+        parse_config(["--preset", "tiny", *argv] if argv[0] != "--preset" else argv)
+
+
+def test_baselines_and_free_weights(runs):
+    exp = parse_config(["--preset", "tiny"])
+    assert space.baseline_params(exp) == [
+        ("baseline-k1", {"K": 1, "a": 0.0, "b": 1.0}), ("baseline-uniform", {"K": 4, "a": 0.0, "b": 1.0}),
+    ]
+    free = parse_config(["--preset", "tiny", "--weights", "free"])
+    study = optuna.create_study()
+    assert space.enqueue_baselines(study, free) == ["baseline-k1", "baseline-uniform"]
+    assert space.enqueue_baselines(study, free) == []  # already queued: resume must not queue them twice
+    points = []
+    for _ in range(2):
+        trial = study.ask()
+        points.append(space.suggest(trial, free))
+        study.tell(trial, 1.0)
+    assert points[1].branches == 4 and points[1].weight_values() == [1.0] * 4
+    trial = study.ask()
+    p = space.suggest(trial, free)
+    assert set(trial.params) == {"K", *(f"w{j}" for j in range(1, p.branches + 1))}
+    assert all(0.1 <= w <= 10 for w in p.weight_values())
+
+
+def test_shares_of_trials():
+    assert split_trials(4, 2) == [2, 2]
+    assert split_trials(5, 2) == [3, 2]
+    assert split_trials(2, 4) == [1, 1]
+
+
+def test_unusable_storages_are_reported(tmp_path):
+    (tmp_path / "junk.log").write_text("not a journal\n")
+    for url in [f"sqlite:///{tmp_path}/missing/x.db", "bogus://x", f"journal:{tmp_path}", str(tmp_path / "junk.log")]:
+        with pytest.raises(StorageError, match="cannot open Optuna storage"):
+            open_storage(url)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_silent_running_trial_is_failed_and_queued_again(tmp_path, kind):
+    url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 'o.db'}"
+    storage = open_storage(url, heartbeat_interval=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.suggest_int("K", 1, 4)
+    trial.set_user_attr("role", "search")
+    storage.record_heartbeat(trial._trial_id)
+    assert fail_stale_trials(study) == []  # fresh heartbeat: not stale
+    time.sleep(6)  # grace = 4 heartbeat intervals (+ margin: SQLite keeps whole seconds)
+    assert fail_stale_trials(study) == [trial.number]
+    trials = study.get_trials(deepcopy=False)
+    old, new = trials[0], trials[1]
+    assert old.state == TrialState.FAIL and "heartbeat" in old.user_attrs["fail_reason"]
+    assert new.state == TrialState.WAITING and new.params == old.params
+    assert new.user_attrs == {"role": "search", "retry_of": old.number}
+    if kind == "journal":
+        assert HEARTBEAT_ATTR in old.system_attrs
+    # Optuna's own loop picks the retry up first
+    seen = []
+    study.optimize(lambda t: seen.append(t.suggest_int("K", 1, 4)) or 0.0, n_trials=1)
+    assert seen == [old.params["K"]]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "random"])
+@pytest.mark.parametrize("weights", ["exp", "free"])
+def test_samplers_and_pruners_work_on_the_space(runs, sampler, weights):
+    from study.run import make_pruner, make_sampler
+
+    cfg = parse_config(["--preset", "tiny", "--sampler", sampler, "--weights", weights, "--pruner", "median"])
+    study = optuna.create_study(sampler=make_sampler(cfg, 0), pruner=make_pruner(cfg))
+    space.enqueue_baselines(study, cfg)
+
+    def fake(trial):
+        p = space.suggest(trial, cfg)
+        return float(sum(p.weight_values())) + p.branches
+
+    study.optimize(fake, n_trials=6)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert {t.params["K"] for t in study.trials} <= set(cfg.k_choices)
