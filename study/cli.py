@@ -75,6 +75,8 @@ class StudyConfig:
     runs_dir: Path
     heartbeat_interval: int
     teacher_substeps: int  # SFD's S: the lcm of the preset's S and every K choice
+    ablation: str | None = None  # a designed grid (analysis/ablation.py) to enqueue before the trials
+    ablation_seeds: int = 3
     worker_index: int | None = None  # set in processes started by --workers
     argv: tuple[str, ...] = field(default=(), compare=False)
 
@@ -97,11 +99,12 @@ class StudyConfig:
     def base_distill_config(self) -> SFDConfig | PDConfig:
         return self.preset.sfd if self.framework == "sfd" else self.preset.pd
 
-    def distill_config(self, branches: int, weights, seed: int) -> SFDConfig | PDConfig:
-        """The framework's config for one (K, weights, seed); S and NFE are fixed for the whole study."""
+    def distill_config(self, branches: int, weights, seed: int, nfe: int | None = None) -> SFDConfig | PDConfig:
+        """The framework's config for one (K, weights, seed); S is fixed for the whole study and so is the NFE,
+        except for trials that an ablation grid enqueued with their own ``nfe``."""
         if self.framework == "sfd":
-            return replace(self.preset.sfd, nfe=self.nfe, branches=branches, teacher_substeps=self.teacher_substeps,
-                           weights=weights, seed=seed)
+            return replace(self.preset.sfd, nfe=nfe or self.nfe, branches=branches,
+                           teacher_substeps=self.teacher_substeps, weights=weights, seed=seed)
         return replace(self.preset.pd, branches=branches, weights=weights, seed=seed)
 
     def describe(self) -> dict:
@@ -153,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune trials by their endpoint error during training (baselines are never pruned)")
     g.add_argument("--workers", type=int, default=1, metavar="N", help="processes that share the study (and the device)")
     g.add_argument("--seed", type=int, default=0, help="first training seed; also seeds the sampler")
+    g.add_argument("--ablation", choices=("k", "schedule", "nfe"), default=None,
+                   help="first enqueue a designed grid of fixed configurations (analysis/ablation.py): every K, "
+                        "a set of (a, b) schedules, or K=1 vs the best B-DENSE at NFE 2-5 (SFD only)")
+    g.add_argument("--ablation-seeds", type=int, default=3, metavar="N", help="seeds per ablation configuration")
     g.add_argument("--seeds-per-trial", type=int, default=1, metavar="N",
                    help="training seeds per trial (the same in every trial); the objective is their mean FID")
 
@@ -238,7 +245,7 @@ def parse_config(argv: list[str] | None = None) -> StudyConfig:
     args = build_parser().parse_args(argv)
 
     for name, value, low in [("--n-trials", args.n_trials, 1), ("--workers", args.workers, 1),
-                             ("--seeds-per-trial", args.seeds_per_trial, 1),
+                             ("--seeds-per-trial", args.seeds_per_trial, 1), ("--ablation-seeds", args.ablation_seeds, 1),
                              ("--heartbeat-interval", args.heartbeat_interval, 1)]:
         if value < low:
             raise UsageError(f"{name} must be >= {low}, got {value}")
@@ -300,6 +307,9 @@ def parse_config(argv: list[str] | None = None) -> StudyConfig:
                 )
             preset = replace(preset, pd=replace(preset.pd, rounds=rounds))
 
+    if args.ablation == "nfe" and framework != "sfd":
+        raise UsageError("--ablation nfe compares NFE 2-5 and needs --framework sfd (PD's NFE is set by its rounds)")
+
     runs_dir = Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_dir()
     runs_dir = runs_dir.resolve()
     storage_url = args.storage or f"journal:{runs_dir / JOURNAL_NAME}"
@@ -323,7 +333,7 @@ def parse_config(argv: list[str] | None = None) -> StudyConfig:
         workers=min(args.workers, args.n_trials), device=args.device, study_name=study_name,
         storage_url=storage_url, mlflow_uri=mlflow_uri, artifact_root=runs_dir / "mlartifacts",
         runs_dir=runs_dir, heartbeat_interval=args.heartbeat_interval, teacher_substeps=teacher_substeps,
-        worker_index=args.worker_index, argv=tuple(argv),
+        ablation=args.ablation, ablation_seeds=args.ablation_seeds, worker_index=args.worker_index, argv=tuple(argv),
     )
 
 

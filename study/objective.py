@@ -81,13 +81,13 @@ class _StepHook:
 
 
 def _trial_params_for_mlflow(trial: optuna.Trial, point: space.TrialPoint, cfg: StudyConfig, ctx: StudyContext,
-                             role: str) -> dict:
+                             role: str, nfe: int, seeds: list[int]) -> dict:
     base = cfg.base_distill_config
     fa, fb = point.fitted_ab
     params = dict(trial.params)
     params.update(
         weights_mode=cfg.weights_mode, weights=[round(w, 6) for w in point.weight_values()], fitted_a=fa,
-        fitted_b=fb, framework=cfg.framework, nfe=cfg.nfe, seeds=cfg.seeds, preset=cfg.preset.name,
+        fitted_b=fb, framework=cfg.framework, nfe=nfe, seeds=seeds, preset=cfg.preset.name,
         teacher_key=ctx.teacher.key, role=role, iterations=base.iterations, batch_size=base.batch_size, lr=base.lr,
         fid_samples=cfg.preset.fid_samples, fid_reference=cfg.preset.fid_reference, optuna_trial_number=trial.number,
         study_name=cfg.study_name,
@@ -120,9 +120,14 @@ def objective(trial: optuna.Trial, ctx: StudyContext) -> float:
     role = trial.user_attrs.get("role", space.SEARCH)
     fa, fb = point.fitted_ab
     ctx.current_trial = trial.number
+    # an ablation grid may enqueue a trial with its own NFE and seeds (analysis/ablation.py)
+    nfe = int(trial.user_attrs.get("nfe", cfg.nfe))
+    seeds = [int(s) for s in trial.user_attrs.get("seeds", cfg.seeds)]
+    bank = ctx.bank if nfe == cfg.nfe else None  # the bank holds paths on the study's own grid only
     static = dict(
-        role=role, nfe=cfg.nfe, framework=cfg.framework, weights_mode=cfg.weights_mode, fitted_a=fa, fitted_b=fb,
-        preset=cfg.preset.name, teacher_key=ctx.teacher.key, seeds=cfg.seeds, iterations=cfg.iterations,
+        role=role, nfe=nfe, framework=cfg.framework, weights_mode=cfg.weights_mode, fitted_a=fa, fitted_b=fb,
+        preset=cfg.preset.name, teacher_key=ctx.teacher.key, seeds=seeds, iterations=cfg.iterations,
+        teacher_paths="bank" if bank is not None else "fresh",
         worker_pid=os.getpid(), hostname=socket.gethostname(),
     )
     for key, value in static.items():
@@ -140,17 +145,17 @@ def objective(trial: optuna.Trial, ctx: StudyContext) -> float:
             tags={"role": role, "teacher_key": ctx.teacher.key},
         )
         trial.set_user_attr("mlflow_run_id", run.run_id)
-        ctx.tracker.log_params(run.run_id, _trial_params_for_mlflow(trial, point, cfg, ctx, role))
+        ctx.tracker.log_params(run.run_id, _trial_params_for_mlflow(trial, point, cfg, ctx, role, nfe, seeds))
 
         per_seed: list[dict[str, float]] = []
-        total_steps = cfg.iterations * len(cfg.seeds)
+        total_steps = cfg.iterations * len(seeds)
         with tempfile.TemporaryDirectory(prefix="bdense-trial-") as tmp:
             tmp = Path(tmp)
-            for j, seed in enumerate(cfg.seeds):
-                dcfg = cfg.distill_config(point.branches, point.weights, seed)
+            for j, seed in enumerate(seeds):
+                dcfg = cfg.distill_config(point.branches, point.weights, seed, nfe)
                 hook = _StepHook(trial, run, ctx, point.branches, j * cfg.iterations, total_steps,
                                  may_prune=role == space.SEARCH)
-                result = distill(ctx.teacher, dcfg, data=ctx.data, bank=ctx.bank, callback=hook)
+                result = distill(ctx.teacher, dcfg, data=ctx.data, bank=bank, callback=hook)
                 run.flush()
                 scores = evaluate(result, ctx.evaluator, cfg.preset.fid_samples, seed=EVAL_SEED + j,
                                   batch_size=cfg.preset.eval_batch)
@@ -188,7 +193,7 @@ def objective(trial: optuna.Trial, ctx: StudyContext) -> float:
                 trial=dict(number=trial.number, params=trial.params, role=role, weights=point.weight_values(),
                            fitted_a=fa, fitted_b=fb),
                 study=cfg.describe(), teacher_key=ctx.teacher.key, teacher=to_jsonable(ctx.teacher.config),
-                distill=[to_jsonable(cfg.distill_config(point.branches, point.weights, s)) for s in cfg.seeds],
+                distill=[to_jsonable(cfg.distill_config(point.branches, point.weights, s, nfe)) for s in seeds],
                 results=per_seed,
             )
             ctx.tracker.log_json(run.run_id, "config.json", resolved)

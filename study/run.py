@@ -222,6 +222,12 @@ def run_study(config: StudyConfig, storage) -> int:
         queued = space.enqueue_baselines(study, config)
         if queued:
             print(f"queued baselines: {', '.join(queued)}", file=sys.stderr, flush=True)
+        if config.ablation:
+            from analysis.ablation import best_bdense_params, enqueue_ablation
+
+            n = enqueue_ablation(study, config.ablation, config.k_choices, best_params=best_bdense_params(study),
+                                 seeds=config.ablation_seeds)
+            print(f"queued ablation '{config.ablation}': {n} configurations", file=sys.stderr, flush=True)
 
     from bdense_core.evaluate import make_evaluator
 

@@ -6,6 +6,7 @@ folders at one cache. Each command runs in a subprocess, as a researcher would r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -280,3 +281,21 @@ def test_bad_input_gets_one_line_and_status_2(tmp_path, cache_dir):
         assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("bdense-study: error:"), (name, err)
         assert out == "", (name, out)
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_nfe_ablation_runs_each_trial_at_its_own_nfe_and_seeds(tmp_path, cache_dir):
+    """``--ablation nfe`` enqueues K=1 and B-DENSE at NFE 2..5; the objective must honour each trial's NFE."""
+    runs = tmp_path / "runs"
+    res = run_cli(FAST + ["--study-name", "abl", "--k", "1", "2", "--ablation", "nfe", "--ablation-seeds", "2",
+                          "--n-trials", "10", "--bank-size", "0"], runs, cache_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    trials = [t for t in load(runs, "abl").trials if t.user_attrs.get("role") == "ablation:nfe"]
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted({t.user_attrs["nfe"] for t in trials}) == [2, 3, 4, 5]
+    assert all(len(t.user_attrs["fid_seeds"]) == 2 for t in trials)
+    client = mlflow_client(runs)
+    for t in trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert int(run.data.params["nfe"]) == t.user_attrs["nfe"]
+        config = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
+        assert {d["nfe"] for d in config["distill"]} == {t.user_attrs["nfe"]}
