@@ -10,7 +10,8 @@ attributes, set before it starts:
 
 - ``role``: ``"ablation:<name>"`` (``k``, ``schedule`` or ``nfe``); ``ablation``: the name;
   ``ablation_config``: a short label (``"K=4"``, ``"uniform a=0"``, ``"NFE=3 K=1"``);
-- ``seeds``: the list of seeds to run (the objective **reads** it when present, instead of its own seeds);
+- ``seeds``: the list of seeds to run (``first_seed`` .. ``first_seed + seeds - 1``, default 1000.., apart from
+  the search's seeds) (the objective **reads** it when present, instead of its own seeds);
 - ``nfe`` (the ``nfe`` grid only): the NFE of this trial's student (the objective **reads** it when
   present, instead of the study's NFE), so one study holds a designed comparison across NFE.
 
@@ -38,6 +39,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import optuna
 
 ABLATIONS = ("k", "schedule", "nfe")
+# Ablation seeds start here, apart from the search's seeds (0, 1, ...): a configuration taken from the search
+# (the best (a, b)) is re-run with fresh seeds, not scored again on the seed that selected it.
+ABLATION_FIRST_SEED = 1000
 # (a, b, label) at the fixed K of the ``schedule`` grid
 SCHEDULES: tuple[tuple[float, float, str], ...] = (
     (0.0, 1.0, "uniform a=0"),
@@ -126,11 +130,11 @@ def _params(k: int, a: float, b: float, weights_mode: str, free: tuple[float, ..
 
 def ablation_grid(name: str, k_choices: Sequence[int], best_params: Mapping[str, Any] | None = None,
                   seeds: int = 3, nfe_values: Sequence[int] = (2, 3, 4, 5),
-                  weights_mode: str = "exp") -> list[AblationConfig]:
+                  weights_mode: str = "exp", first_seed: int = ABLATION_FIRST_SEED) -> list[AblationConfig]:
     """The configurations of ablation ``name`` (see the module docstring), without touching any study."""
     ks = _check(name, k_choices, seeds, nfe_values)
     best_k, a_best, b_best, free = _best_schedule(best_params)
-    seed_list = list(range(int(seeds)))
+    seed_list = list(range(int(first_seed), int(first_seed) + int(seeds)))
     configs: list[AblationConfig] = []
 
     def add(label: str, params: dict[str, Any], **extra: Any) -> None:
@@ -200,7 +204,7 @@ def _exists(trials: Iterable[optuna.trial.FrozenTrial], cfg: AblationConfig) -> 
 
 def enqueue_ablation(study: optuna.Study, name: str, k_choices: Sequence[int],
                      best_params: Mapping[str, Any] | None = None, seeds: int = 3,
-                     nfe_values: Sequence[int] = (2, 3, 4, 5)) -> int:
+                     nfe_values: Sequence[int] = (2, 3, 4, 5), first_seed: int = ABLATION_FIRST_SEED) -> int:
     """Enqueue the grid of ablation ``name`` into ``study``; returns how many trials were enqueued.
 
     The study's ``weights_mode`` user attribute (``"exp"`` by default) decides whether configurations are
@@ -209,7 +213,7 @@ def enqueue_ablation(study: optuna.Study, name: str, k_choices: Sequence[int],
     """
     mode = str(study.user_attrs.get("weights_mode") or "exp")
     configs = ablation_grid(name, k_choices, best_params=best_params, seeds=seeds, nfe_values=nfe_values,
-                            weights_mode=mode)
+                            weights_mode=mode, first_seed=first_seed)
     existing = study.get_trials(deepcopy=False)
     n = 0
     for cfg in configs:

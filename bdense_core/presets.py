@@ -77,9 +77,10 @@ PRESETS: dict[str, Preset] = {
                                 num_res_blocks=2, attn_resolutions=(8,)),
                 steps=12000, batch_size=256, lr=1e-3, warmup_steps=500, ema_decay=0.9995, sampler_steps=18,
             ),
-            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=300, batch_size=128, lr=5e-5, amp=True),
-            pd=PDConfig(teacher_steps=64, rounds=3, iterations=1000, batch_size=128, amp=True),
-            fid_samples=10000, fid_reference=60000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
+            # short trials sized for a 100-trial search on one H100 (scripts/gpu/, results/fmnist-sfd-nfe2)
+            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=80, batch_size=128, lr=1e-4, amp=True),
+            pd=PDConfig(teacher_steps=64, rounds=3, iterations=150, batch_size=128, amp=True),
+            fid_samples=10000, fid_reference=60000, bank_size=10000, k_choices=(1, 2, 3, 4, 6, 8),
             teacher_file=str(TEACHERS / "teacher-fmnist-gpu.pt"),
         ),
         Preset(

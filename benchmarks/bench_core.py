@@ -8,7 +8,11 @@ Measures, for the preset's network (random weights: timing does not depend on tr
   iteration (paper Algorithm 4) and from a precomputed trajectory bank (student cost alone);
 - the student's sampling time at its NFE for K = 1 and K = 4;
 - FID feature throughput: the project's device path (torch bicubic-antialias resize + Inception on the
-  device) against clean-fid's own ``get_model_features`` path (PIL resize on the CPU) on the same images.
+  device) against clean-fid's own ``get_model_features`` path (PIL resize on the CPU) on the same images;
+- with ``--trials-per-hour 1 8``: whole study trials per hour (distil + 10k-sample FID + tracking) with 1 and
+  with 8 worker processes on the one device, each a short real study (``study/run.py``) in a scratch run
+  folder; the rate is completed trials over the span from the first trial's start to the last one's end
+  (process start-up, teacher and bank loading excluded and reported apart).
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from bdense_core.data import DataConfig, load_images  # noqa: E402
 from bdense_core.distill import build_trajectory_bank, distill  # noqa: E402
@@ -52,6 +60,29 @@ def timed(fn, device, repeat=3):
     return sorted(times)[len(times) // 2]
 
 
+def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: Path) -> dict:
+    """Run a short real study with ``workers`` processes and ``workers * trials`` trials; its trial rate."""
+    import optuna
+
+    name = f"bench-tph-w{workers}"
+    storage = f"journal:{runs_dir / (name + '.journal')}"
+    cmd = [sys.executable, str(ROOT / "study" / "run.py"), "--study-name", name, "--storage", storage,
+           "--runs-dir", str(runs_dir), "--n-trials", str(workers * trials), "--workers", str(workers),
+           "--pruner", "none", *study_args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"study with {workers} workers failed: {proc.stderr.strip().splitlines()[-1:]}")
+    from study.storage import open_storage
+
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    return dict(workers=workers, trials=len(done), span_s=span, wall_s=wall, trials_per_hour=3600 * len(done) / span,
+                mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done))
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
@@ -66,6 +97,11 @@ def main(argv=None) -> int:
     p.add_argument("--fid-images", type=int, default=None, help="images for the device FID path (default 5000 GPU / 100 CPU)")
     p.add_argument("--cleanfid-images", type=int, default=None, help="images for clean-fid's path (default 1000 GPU / 50 CPU)")
     p.add_argument("--inception", default=None, help="path to the Inception TorchScript file")
+    p.add_argument("--trials-per-hour", type=int, nargs="*", default=None, metavar="N",
+                   help="also run short real studies with each of these worker counts (e.g. 1 8) and report trials/hour")
+    p.add_argument("--tph-trials", type=int, default=2, metavar="N", help="trials per worker in those studies")
+    p.add_argument("--study-args", default="", metavar="ARGS",
+                   help="extra study/run.py options for those studies, one string (e.g. '--iterations 200')")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
     args = p.parse_args(argv)
     device = best_device(args.device)
@@ -122,6 +158,20 @@ def main(argv=None) -> int:
     out.update(fid_device_images_per_s=ips_dev, fid_cleanfid_images_per_s=ips_clean)
     rows.append(("FID features, images/s: device path / clean-fid's get_model_features",
                  f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}"))
+
+    if args.trials_per_hour:
+        del extractor, on_dev, teacher, net
+        if gpu:
+            torch.cuda.empty_cache()
+        with tempfile.TemporaryDirectory(prefix="bdense-tph-") as tmp:
+            tph = [trials_per_hour(n, args.tph_trials, shlex.split(args.study_args), Path(tmp))
+                   for n in args.trials_per_hour]
+        out["trials_per_hour"] = tph
+        first = tph[0]["trials_per_hour"]
+        for r in tph:
+            rows.append((f"study trials per hour, {r['workers']} worker(s) ({r['trials']} trials, "
+                         f"{r['mean_trial_s']:.0f} s each; start-up {r['wall_s'] - r['span_s']:.0f} s apart)",
+                         f"{r['trials_per_hour']:,.0f}/h = x{r['trials_per_hour'] / first:.2f}"))
 
     width = max(len(r[0]) for r in rows)
     print(f"\nbdense-study core benchmark on {out['machine']}, preset {preset.name}")

@@ -47,7 +47,7 @@ class StudyContext:
     tracker: Tracker
     parent_run_id: str
     data: Any = None  # ImageSet, PD only
-    bank: Any = None  # TrajectoryBank when the preset has bank_size > 0 (SFD)
+    banks: Callable[[int], Any] | None = None  # NFE -> TrajectoryBank or None (SFD with bank_size > 0)
     on_step: Callable[[int, int, int, dict], None] | None = None  # (trial number, step, total steps, record)
     current_trial: int | None = field(default=None, init=False)  # the trial this process is running
 
@@ -123,7 +123,7 @@ def objective(trial: optuna.Trial, ctx: StudyContext) -> float:
     # an ablation grid may enqueue a trial with its own NFE and seeds (analysis/ablation.py)
     nfe = int(trial.user_attrs.get("nfe", cfg.nfe))
     seeds = [int(s) for s in trial.user_attrs.get("seeds", cfg.seeds)]
-    bank = ctx.bank if nfe == cfg.nfe else None  # the bank holds paths on the study's own grid only
+    bank = ctx.banks(nfe) if ctx.banks is not None else None  # one bank per NFE grid, shared by the trials
     static = dict(
         role=role, nfe=nfe, framework=cfg.framework, weights_mode=cfg.weights_mode, fitted_a=fa, fitted_b=fb,
         preset=cfg.preset.name, teacher_key=ctx.teacher.key, seeds=seeds, iterations=cfg.iterations,

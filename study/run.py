@@ -97,8 +97,11 @@ def prepare_teacher(config: StudyConfig, device, live: bool):
     from bdense_core.teacher import load_teacher, train_teacher
 
     preset = config.preset
-    if preset.teacher_file:
-        return load_teacher(preset.teacher_file, device)
+    if preset.teacher_file and Path(preset.teacher_file).is_file():
+        teacher = load_teacher(preset.teacher_file, device)
+        if teacher.key == preset.teacher.key:  # the shipped teacher of exactly this config
+            teacher.from_cache = True
+            return teacher
     if config.worker_index is None:
         print(f"teacher: preset {preset.name}, {preset.teacher.steps} steps (cached under {config.cache_root})",
               file=sys.stderr, flush=True)
@@ -156,6 +159,40 @@ class _FailureGuard:
             study.stop()
 
 
+def _queued_nfes(study) -> set[int]:
+    """NFEs of enqueued trials that run at their own NFE (the nfe ablation)."""
+    from optuna.trial import TrialState
+
+    return {int(t.user_attrs["nfe"]) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if "nfe" in t.user_attrs}
+
+
+def make_bank_provider(config: StudyConfig, teacher, announce: bool):
+    """NFE -> the study's shared trajectory bank on that NFE's grid (SFD with bank_size > 0), else None.
+
+    A bank is built once, saved in the cache and loaded by every other process of the study; it keeps only
+    the teacher states that the study's K choices train on."""
+    if config.framework != "sfd" or config.preset.bank_size <= 0:
+        return None
+    from bdense_core.distill import cached_trajectory_bank
+    from bdense_core.schedule import BranchWeights
+
+    banks: dict[int, object] = {}
+
+    def get(nfe: int):
+        if nfe not in banks:
+            grid_config = config.distill_config(max(config.k_choices), BranchWeights(), config.seed, nfe)
+            if announce:
+                print(f"teacher trajectories: a bank of {config.preset.bank_size} at NFE {nfe} (cached in "
+                      f"{config.cache_root / 'banks'})", file=sys.stderr, flush=True)
+            banks[nfe] = cached_trajectory_bank(teacher, config.preset.bank_size, grid_config,
+                                                seed=config.seed + 10_007, root=config.cache_root,
+                                                k_choices=tuple(config.k_choices))
+        return banks[nfe]
+
+    return get
+
+
 def run_study(config: StudyConfig, storage) -> int:
     import optuna
 
@@ -187,6 +224,10 @@ def run_study(config: StudyConfig, storage) -> int:
         device = best_device(config.device)
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
+    if device.type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # fixed shapes within a trial: let cuDNN pick its kernels
 
     teacher = prepare_teacher(config, device, live)
     if "teacher_key" in study.user_attrs and study.user_attrs["teacher_key"] != teacher.key:
@@ -229,6 +270,16 @@ def run_study(config: StudyConfig, storage) -> int:
                                  seeds=config.ablation_seeds)
             print(f"queued ablation '{config.ablation}': {n} configurations", file=sys.stderr, flush=True)
 
+    banks = make_bank_provider(config, teacher, announce=not is_worker)
+    if banks is not None and not is_worker:
+        for nfe in sorted({config.nfe} | _queued_nfes(study)):
+            banks(nfe)  # built (or loaded) once here; the workers load it from the cache
+        if config.workers > 1:
+            banks = None  # this process only supervises; free the GPU memory for the workers
+            import gc
+
+            gc.collect()
+
     from bdense_core.evaluate import make_evaluator
 
     evaluator = make_evaluator(config.preset.data, config.preset.fid_reference, device, root=config.cache_root)
@@ -245,21 +296,12 @@ def run_study(config: StudyConfig, storage) -> int:
                 code = pool.run()
             close_orphan_runs(tracker, study)
         else:
-            data = bank = None
+            data = None
             if config.framework == "pd":
                 from bdense_core.data import load_images
 
                 data = load_images(config.preset.data)
-            elif config.preset.bank_size > 0:
-                from bdense_core.distill import build_trajectory_bank
-                from bdense_core.schedule import BranchWeights
-
-                grid_config = config.distill_config(max(config.k_choices), BranchWeights(), config.seed)
-                if not is_worker:
-                    print(f"teacher trajectories: building a bank of {config.preset.bank_size} for this process's "
-                          f"trials", file=sys.stderr, flush=True)
-                bank = build_trajectory_bank(teacher, config.preset.bank_size, grid_config, seed=config.seed + 10_007)
-            ctx = StudyContext(config, teacher, evaluator, tracker, parent_run_id, data=data, bank=bank,
+            ctx = StudyContext(config, teacher, evaluator, tracker, parent_run_id, data=data, banks=banks,
                                on_step=reporter.on_step)
             with reporter:
                 study.optimize(make_objective(ctx), n_trials=config.n_trials, timeout=config.timeout,

@@ -526,7 +526,9 @@ def test_ablation_grids():
     k = ablation.ablation_grid("k", [1, 2, 4], best_params={"K": 4, "a": 0.3, "b": 0.5})
     assert [c.params for c in k] == [{"K": 1, "a": 0.0, "b": 1.0}, {"K": 2, "a": 0.3, "b": 0.5},
                                      {"K": 4, "a": 0.3, "b": 0.5}]
-    assert all(c.user_attrs["role"] == "ablation:k" and c.user_attrs["seeds"] == [0, 1, 2] for c in k)
+    assert all(c.user_attrs["role"] == "ablation:k" and c.user_attrs["seeds"] == [1000, 1001, 1002] for c in k)
+    # the seeds are apart from the search's (0, 1, ...) so a configuration from the search is re-run fresh
+    assert ablation.ablation_grid("k", [1, 2], seeds=2, first_seed=7)[0].user_attrs["seeds"] == [7, 8]
     sched = ablation.ablation_grid("schedule", [1, 2, 4], best_params={"K": 2, "a": 0.3, "b": 0.5})
     assert {c.params["K"] for c in sched} == {2} and len(sched) == len(ablation.SCHEDULES) + 1
     assert {"K": 2, "a": 0.0, "b": 1.0} in [c.params for c in sched]  # uniform is always in
@@ -561,14 +563,15 @@ def test_enqueue_ablation_is_run_by_the_study_workers():
         nfe = trial.user_attrs.get("nfe", study.user_attrs["nfe"])
         seeds = trial.user_attrs.get("seeds", [0])
         seen.append((trial.user_attrs["role"], k, a, b, nfe, tuple(seeds)))
-        fids = [true_fid(k, a, b, nfe) + 0.01 * s for s in seeds]
+        fids = [true_fid(k, a, b, nfe) + 0.01 * (s - 1000) for s in seeds]
         trial.set_user_attr("fid_seeds", fids)
         return float(np.mean(fids))
 
     study.optimize(objective, n_trials=9)
-    assert seen[:6] == [("ablation:nfe", 1, 0.0, 1.0, 2, (0, 1)), ("ablation:nfe", 4, 0.3, 0.5, 2, (0, 1)),
-                        ("ablation:nfe", 1, 0.0, 1.0, 3, (0, 1)), ("ablation:nfe", 4, 0.3, 0.5, 3, (0, 1)),
-                        ("ablation:nfe", 1, 0.0, 1.0, 4, (0, 1)), ("ablation:nfe", 4, 0.3, 0.5, 4, (0, 1))]
+    s = (1000, 1001)
+    assert seen[:6] == [("ablation:nfe", 1, 0.0, 1.0, 2, s), ("ablation:nfe", 4, 0.3, 0.5, 2, s),
+                        ("ablation:nfe", 1, 0.0, 1.0, 3, s), ("ablation:nfe", 4, 0.3, 0.5, 3, s),
+                        ("ablation:nfe", 1, 0.0, 1.0, 4, s), ("ablation:nfe", 4, 0.3, 0.5, 4, s)]
     assert [s[0] for s in seen[6:]] == ["ablation:k"] * 3
     # completed configurations are not enqueued again; the study's best K>1 feeds the next grid
     assert ablation.enqueue_ablation(study, "k", [1, 2, 4], best_params=best) == 0

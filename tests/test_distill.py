@@ -8,7 +8,8 @@ import torch
 
 from bdense_core.data import load_images
 from bdense_core.distill import (
-    DivergenceError, PDConfig, SFDConfig, build_trajectory_bank, distill, endpoint_error, make_student,
+    DivergenceError, PDConfig, SFDConfig, build_trajectory_bank, cached_trajectory_bank, distill, endpoint_error,
+    make_student, needed_points,
 )
 from bdense_core.distill.progressive import pd_endpoint_error
 from bdense_core.distill.sfd import teacher_trajectories
@@ -88,6 +89,29 @@ def test_trajectory_bank_matches_fresh_teacher_paths(teacher):
     assert len(result.history) == 3
     with pytest.raises(ValueError, match="another grid"):
         distill(teacher, replace(cfg, nfe=3), bank=bank)
+
+
+def test_bank_keeps_only_the_branch_targets_and_is_cached(teacher, tmp_path):
+    """A bank for K in {1, 2, 4} holds x_T and the targets of those K only; a second process loads it from
+    disk; a student trained from it equals one trained from the full bank (same batches, same targets)."""
+    cfg = replace(TINY.sfd, branches=4, iterations=3)
+    pts = needed_points(cfg, (1, 2, 4))
+    # S = 4, NFE 2 with AFS: intervals 1 and 2 are trained; K = 4 targets every sub-step of them
+    assert pts == (0, 5, 6, 7, 8, 9, 10, 11, 12)
+    assert needed_points(cfg, (1, 2)) == (0, 6, 8, 10, 12)
+    full = build_trajectory_bank(teacher, 8, cfg, seed=3, batch_size=4)
+    small = cached_trajectory_bank(teacher, 8, cfg, seed=3, root=tmp_path, k_choices=(1, 2, 4),
+                                   dtype=torch.float32)
+    assert small.points == pts and torch.equal(small.states, full.states[:, list(pts)])
+    assert len(list((tmp_path / "banks").glob("bank-*.pt"))) == 1
+    again = cached_trajectory_bank(teacher, 8, cfg, seed=3, root=tmp_path, k_choices=(1, 2, 4),
+                                   dtype=torch.float32)
+    assert torch.equal(again.states, small.states) and again.points == pts
+    a, b = distill(teacher, cfg, bank=full), distill(teacher, cfg, bank=small)
+    assert [r["loss"] for r in a.history] == pytest.approx([r["loss"] for r in b.history], rel=1e-6)
+    narrow = cached_trajectory_bank(teacher, 8, cfg, seed=3, root=tmp_path, k_choices=(1, 2))
+    with pytest.raises(ValueError, match="no teacher state at grid point 5"):
+        distill(teacher, cfg, bank=narrow)  # K = 4 needs sub-step targets a K in {1, 2} bank lacks
 
 
 def test_progressive_distillation_lowers_error_against_teacher(teacher):

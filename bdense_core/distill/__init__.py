@@ -6,7 +6,9 @@ from ..data import ImageSet
 from ..teacher import Teacher
 from .common import DistillResult, DivergenceError, StepCallback, make_student
 from .progressive import PDConfig, distill_pd
-from .sfd import SFDConfig, TrajectoryBank, build_trajectory_bank, distill_sfd, endpoint_error
+from .sfd import (
+    SFDConfig, TrajectoryBank, build_trajectory_bank, cached_trajectory_bank, distill_sfd, endpoint_error, needed_points,
+)
 
 FRAMEWORKS = ("sfd", "pd")
 
@@ -32,5 +34,5 @@ def distill(
 
 __all__ = [
     "FRAMEWORKS", "DistillResult", "DivergenceError", "PDConfig", "SFDConfig", "StepCallback", "TrajectoryBank",
-    "build_trajectory_bank", "distill", "distill_pd", "distill_sfd", "endpoint_error", "make_student",
+    "build_trajectory_bank", "cached_trajectory_bank", "distill", "needed_points", "distill_pd", "distill_sfd", "endpoint_error", "make_student",
 ]

@@ -84,18 +84,47 @@ class SFDConfig:
 class TrajectoryBank:
     """Teacher trajectories computed once and shared by many students (all of one study's trials).
 
-    ``states[:, j]`` is the teacher's state at grid point j; ``states[:, 0]`` is ``x_T``.
+    ``states[:, c]`` is the teacher's state at grid point ``points[c]``; ``points[0] == 0`` (``x_T``). A
+    bank keeps only the grid points that some branch count can target (``needed_points``), not the
+    whole path, so a large bank fits next to several worker processes on one GPU.
     """
 
-    states: torch.Tensor  # [N, points, C, H, W]
+    states: torch.Tensor  # [N, len(points), C, H, W]
     grid: torch.Tensor
+    points: tuple[int, ...] | None = None  # grid indices held, None: every grid point
+
+    def __post_init__(self):
+        if self.points is None:
+            self.points = tuple(range(self.states.shape[1]))
+        if len(self.points) != self.states.shape[1] or self.points[0] != 0:
+            raise ValueError("a trajectory bank's points must start at 0 (x_T) and match its states")
+        self._column = {p: c for c, p in enumerate(self.points)}
 
     def __len__(self) -> int:
         return self.states.shape[0]
 
+    def columns(self, indices: list[int]) -> list[int]:
+        try:
+            return [self._column[i] for i in indices]
+        except KeyError as e:
+            raise ValueError(f"the trajectory bank holds no teacher state at grid point {e.args[0]} "
+                             f"(built for other branch counts)") from None
+
     def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, len(self), (n,), generator=g, device=g.device).to(self.states.device)
         return self.states[idx].float()
+
+
+def needed_points(config: SFDConfig, k_choices: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Grid indices a student with any K in ``k_choices`` (default: ``config.branches``) is trained on."""
+    from dataclasses import replace
+
+    pts = {0}
+    for k in k_choices or (config.branches,):
+        cfg = replace(config, branches=k)
+        for i in range(1 if config.afs else 0, config.intervals):
+            pts.update(cfg.branch_indices(i))
+    return tuple(sorted(pts))
 
 
 @torch.no_grad()
@@ -110,15 +139,62 @@ def teacher_trajectories(teacher: Teacher, x_T: torch.Tensor, config: SFDConfig)
 def build_trajectory_bank(
     teacher: Teacher, n: int, config: SFDConfig, seed: int, batch_size: int = 256,
     dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+    k_choices: tuple[int, ...] | None = None,
 ) -> TrajectoryBank:
-    """``n`` teacher trajectories for every trial that shares ``config``'s grid (NFE, AFS, S, sigmas)."""
+    """``n`` teacher trajectories for every trial that shares ``config``'s grid (NFE, AFS, S, sigmas).
+
+    With ``k_choices`` only the grid points those branch counts need are kept. The teacher's network runs
+    under bf16 autocast when ``config.amp`` is set on CUDA (the solver's state updates stay fp32).
+    """
     g = generator(seed, teacher.device)
+    points = needed_points(config, k_choices) if k_choices else None
     chunks = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         x_T = torch.randn((b, *teacher.image_shape), generator=g, device=teacher.device) * config.sigma_max
-        chunks.append(teacher_trajectories(teacher, x_T, config).to(dtype=dtype, device=device or teacher.device))
-    return TrajectoryBank(torch.cat(chunks), config.teacher_grid())
+        with autocast(teacher.device, config.amp):
+            states = teacher_trajectories(teacher, x_T, config).float()
+        if points is not None:
+            states = states[:, list(points)]
+        chunks.append(states.to(dtype=dtype, device=device or teacher.device))
+    return TrajectoryBank(torch.cat(chunks), config.teacher_grid(), points)
+
+
+def bank_key(teacher_key: str, config: SFDConfig, n: int, seed: int, k_choices: tuple[int, ...] | None) -> str:
+    """A file name for a bank: the teacher, the grid, the points, the size and the seed decide it."""
+    import hashlib
+
+    what = (teacher_key, config.intervals, config.teacher_substeps, config.teacher_solver, config.sigma_min,
+            config.sigma_max, config.rho, config.amp, n, seed, needed_points(config, k_choices) if k_choices else None)
+    return "bank-" + hashlib.sha256(repr(what).encode()).hexdigest()[:16] + ".pt"
+
+
+def cached_trajectory_bank(
+    teacher: Teacher, n: int, config: SFDConfig, seed: int, root, k_choices: tuple[int, ...] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> TrajectoryBank:
+    """:func:`build_trajectory_bank`, saved under ``root/banks`` and loaded from there by every later process
+    (the workers of a study load the bank their parent built instead of solving the teacher again)."""
+    import os
+    from pathlib import Path
+
+    path = Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices)
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return TrajectoryBank(saved["states"].to(teacher.device), saved["grid"], tuple(saved["points"]))
+        except Exception:  # noqa: BLE001 - a torn file from a killed process: build it again
+            pass
+    bank = build_trajectory_bank(teacher, n, config, seed, dtype=dtype, k_choices=k_choices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"states": bank.states.cpu(), "grid": bank.grid.cpu(), "points": list(bank.points)}, tmp)
+    os.replace(tmp, path)
+    return bank
+
+
+def _identity(indices: list[int]) -> list[int]:
+    return indices
 
 
 def sfd_sample(student, x: torch.Tensor, config: SFDConfig) -> torch.Tensor:
@@ -147,6 +223,9 @@ def distill_sfd(
     grid = config.teacher_grid().to(device)
     if bank is not None and (bank.grid.shape != grid.shape or not torch.allclose(bank.grid.to(device), grid)):
         raise ValueError("the trajectory bank was built for another grid (NFE, AFS, S or sigma range differ)")
+    if bank is not None:
+        for i in range(1 if config.afs else 0, config.intervals):
+            bank.columns(config.branch_indices(i))  # fails now, not in the middle of training
     student = make_student(teacher.denoiser, config.branches)
     opt = adam(student.parameters(), config.lr)
     weights = config.weights.weights(config.branches).to(device)
@@ -165,9 +244,11 @@ def distill_sfd(
                 group["lr"] = config.lr / 10 if it > 0 else config.lr
         if bank is not None:
             states = bank.batch(config.batch_size, g)
+            cols = bank.columns
         else:
             x_T = torch.randn((config.batch_size, *teacher.image_shape), generator=g, device=device) * config.sigma_max
             states = teacher_trajectories(teacher, x_T, config)
+            cols = _identity
         x = states[:, 0]
         totals, branch_sums, endpoint = [], torch.zeros(config.branches), []
         for i in range(config.intervals):
@@ -181,7 +262,7 @@ def distill_sfd(
                 denoised = student.all_branches(x, t)  # [B, K, C, H, W]
             jumps = x.unsqueeze(1) + (taus - t) * (x.unsqueeze(1) - denoised) / t
             # L1 summed over pixels, averaged over the batch: one value per branch
-            per_branch = (jumps - states[:, idx]).abs().flatten(2).sum(2).mean(0)
+            per_branch = (jumps - states[:, cols(idx)]).abs().flatten(2).sum(2).mean(0)
             loss = (weights * per_branch).sum()
             check_finite(loss, it + 1)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run or resume studies on the GPU machine for at most MINUTES, then bring back their stores.
+#
+#   bash scripts/gpu/study.sh MINUTES -- <study/run.py options> [--- <study/run.py options> ...]
+#
+# Each group of options after `--`/`---` is one study/run.py command; the groups run at the same time on
+# the one GPU (e.g. an SFD ablation next to a PD study). Every run folder is /tmp/bd/runs (one Optuna journal
+# and one MLflow SQLite store hold all studies); when the machine is fresh it is restored from the
+# runs.tgz that an earlier call brought back and that this call carries as .gpu/runs/runs.tgz.
+# At the end the run folder (without caches) is packed into $OUT/runs.tgz.part.* (15 MB pieces), together
+# with each command's log. Stopping at the time limit is Ctrl-C for the study: the running trials are
+# marked failed (and retried next time), every finished trial is kept.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+MINUTES=$1; shift
+source scripts/gpu/stage.sh
+RUNS=/tmp/bd/runs
+OUT=${OUT:-/tmp/bd/out}
+mkdir -p "$OUT"
+if [ ! -d $RUNS ] && ls .gpu/runs/runs.tgz* >/dev/null 2>&1; then
+  mkdir -p $RUNS && cat .gpu/runs/runs.tgz* | tar -C $RUNS -xzf - && echo "study.sh: run folder restored from .gpu/runs"
+fi
+mkdir -p $RUNS
+export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2}
+groups=(); cur=""
+for a in "$@"; do
+  if [ "$a" = "--" ] || [ "$a" = "---" ]; then [ -n "$cur" ] && groups+=("$cur"); cur=""; else cur+=" $(printf '%q' "$a")"; fi
+done
+[ -n "$cur" ] && groups+=("$cur")
+pids=(); i=0
+for g in "${groups[@]}"; do
+  i=$((i + 1))
+  echo "study.sh: [$i] python study/run.py --runs-dir $RUNS$g"
+  eval "timeout --signal=INT --kill-after=60 $((MINUTES * 60)) python study/run.py --runs-dir $RUNS $g" \
+    > "$OUT/study-$i.log" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; echo "study.sh: exit $?"; done
+for f in "$OUT"/study-*.log; do echo "== $f"; tail -25 "$f"; done
+tar -C $RUNS --exclude=./cache -czf - . | split -b 15m - "$OUT/runs.tgz.part."
+ls -la "$OUT"
