@@ -37,7 +37,13 @@ def describe_point(t: FrozenTrial) -> str:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    """The complete trial with the lowest FID at the study's own NFE.
+
+    Trials of the nfe ablation run at other NFEs (their ``nfe`` user attribute); a student with more steps is
+    not a better setting of K, a and b, so they never count as the study's best."""
+    nfe = study.user_attrs.get("nfe")
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and (nfe is None or int(t.user_attrs.get("nfe", nfe)) == int(nfe))]
     return min(done, key=lambda t: t.value) if done else None
 
 

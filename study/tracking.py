@@ -247,10 +247,16 @@ class TrialRun:
 
 # -- artifacts ---------------------------------------------------------------------------------------
 def save_sample_grid(images, path: Path, nrow: int = 8) -> Path:
-    """Images in [-1, 1] ``[N, C, H, W]`` -> one PNG grid."""
-    from torchvision.utils import save_image
+    """Images in [-1, 1] ``[N, C, H, W]`` -> one PNG grid (8-bit greyscale for one-channel images)."""
+    import torch
+    from PIL import Image
+    from torchvision.utils import make_grid
 
-    save_image((images.detach().float().cpu() + 1) / 2, str(path), nrow=nrow, padding=2, pad_value=1.0)
+    grid = make_grid((images.detach().float().cpu() + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    if images.shape[1] == 1:  # make_grid repeats one channel three times; keep one (half the PNG size)
+        pixels = pixels[..., 0]
+    Image.fromarray(pixels).save(path, optimize=True)
     return path
 
 

@@ -138,3 +138,36 @@ def test_samplers_and_pruners_work_on_the_space(runs, sampler, weights):
     study.optimize(fake, n_trials=6)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert {t.params["K"] for t in study.trials} <= set(cfg.k_choices)
+
+
+def test_the_best_trial_is_taken_at_the_study_nfe():
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from study.summary import best_trial
+
+    study = optuna.create_study()
+    study.set_user_attr("nfe", 2)
+    dists = {"K": IntDistribution(1, 8), "a": FloatDistribution(-1, 1)}
+    for value, k, attrs in ((22.6, 1, {}), (22.3, 4, {}), (11.3, 4, {"nfe": 5}), (16.2, 1, {"nfe": 3}),
+                            (22.1, 4, {"nfe": 2})):
+        study.add_trial(optuna.trial.create_trial(params={"K": k, "a": 0.5}, distributions=dists, value=value,
+                                                  user_attrs=attrs))
+    best = best_trial(study)
+    assert best.value == 22.1 and best.number == 4
+    study.set_user_attr("nfe", 5)
+    assert best_trial(study).value == 11.3
+
+
+def test_sample_grids_are_greyscale_for_one_channel_and_keep_the_pixels(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from study.tracking import save_sample_grid
+
+    images = torch.linspace(-1, 1, 4 * 8 * 8).reshape(4, 1, 8, 8)
+    grey = np.asarray(Image.open(save_sample_grid(images, tmp_path / "g.png", nrow=2)))
+    assert grey.shape == (2 + 2 * 10, 2 + 2 * 10)  # 2x2 tiles of 8 px with 2 px padding
+    assert grey[2, 2] == 0 and grey[-3, -3] == 255 and grey[0, 0] == 255  # darkest, brightest, padding
+    colour = Image.open(save_sample_grid(images.repeat(1, 3, 1, 1), tmp_path / "c.png", nrow=2))
+    assert colour.mode == "RGB" and np.array_equal(np.asarray(colour)[..., 0], grey)
