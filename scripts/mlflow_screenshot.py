@@ -123,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--default-artifact-root", artifacts,
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=runs,  # a published store (analysis.publish) keeps artifact paths relative to its folder
     )
     try:
         wait_until_serving(f"{base}/health", server, args.wait)
         page = f"{base}/#/experiments"
-        if experiment_id:  # the trial runs (flat, not folded under the study's parent run), newest first
-            query = urllib.parse.urlencode({"searchFilter": args.filter, "orderByKey": "attributes.start_time",
-                                            "orderByAsc": "false"}, quote_via=urllib.parse.quote)
+        if experiment_id:  # the trial runs, best FID first; MLflow folds child runs under their parent only
+            # when the list is sorted by start time, so this order also shows them flat, one row per trial
+            query = urllib.parse.urlencode({"searchFilter": args.filter, "orderByKey": "metrics.`fid`",
+                                            "orderByAsc": "true"}, quote_via=urllib.parse.quote)
             page = f"{base}/#/experiments/{experiment_id}/runs?{query}" if args.filter else \
                 f"{base}/#/experiments/{experiment_id}/runs"
         screenshot(page, out, args.window_size, 15000)
