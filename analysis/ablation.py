@@ -224,6 +224,12 @@ def enqueue_ablation(study: optuna.Study, name: str, k_choices: Sequence[int],
     return n
 
 
+def runs_at_nfe(trial: optuna.trial.FrozenTrial, nfe: int | None) -> bool:
+    """Whether ``trial`` ran at ``nfe`` (always, for ``nfe=None``): trials of the nfe ablation carry their own
+    ``nfe`` user attribute, every other trial runs at its study's NFE."""
+    return nfe is None or int(trial.user_attrs.get("nfe", nfe)) == int(nfe)
+
+
 def best_bdense_params(study: optuna.Study) -> dict[str, Any] | None:
     """Params of the best completed trial with K > 1 at the study's NFE (None if there is none).
 
@@ -234,7 +240,7 @@ def best_bdense_params(study: optuna.Study) -> dict[str, Any] | None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if t.value is None or not math.isfinite(t.value) or int(t.params.get("K", 1)) <= 1:
             continue
-        if nfe is not None and t.user_attrs.get("nfe", nfe) != nfe:
+        if not runs_at_nfe(t, nfe):
             continue
         if best is None or t.value < best.value:
             best = t

@@ -33,6 +33,7 @@ from matplotlib import colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
+from .ablation import runs_at_nfe
 from .fit import ABFit, ABFitError, ab_candidates, fit_ab_relation, main_nfe
 from .summary import (ablation_table, bootstrap_ci, completed, describe_config, headline, uniform_baseline)
 
@@ -403,8 +404,7 @@ def search_view(study: optuna.Study, nfe: int | None | str = "auto") -> tuple[op
         if nfe is None:
             vals = [t.user_attrs.get("nfe") for t in trials if t.user_attrs.get("nfe") is not None]
             nfe = max(set(vals), key=vals.count) if vals else None
-    if nfe is not None:
-        trials = [t for t in trials if t.user_attrs.get("nfe", nfe) == nfe]
+    trials = [t for t in trials if runs_at_nfe(t, nfe)]
     with _quiet_optuna():
         view = optuna.create_study(direction=study.direction, study_name=study.study_name)
         view.add_trials(trials)

@@ -41,9 +41,11 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
     Trials of the nfe ablation run at other NFEs (their ``nfe`` user attribute); a student with more steps is
     not a better setting of K, a and b, so they never count as the study's best."""
+    from analysis.ablation import runs_at_nfe
+
     nfe = study.user_attrs.get("nfe")
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and (nfe is None or int(t.user_attrs.get("nfe", nfe)) == int(nfe))]
+            if t.value is not None and runs_at_nfe(t, nfe)]
     return min(done, key=lambda t: t.value) if done else None
 
 
