@@ -7,10 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
-
 from .data import DatasetError, load_images
-from .distill import distill
+from .distill import FRAMEWORKS, get_framework
 from .evaluate import evaluate, make_evaluator
 from .fid import InceptionNotFound
 from .presets import PRESETS, default_preset_name, get_preset
@@ -23,16 +21,12 @@ def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, devic
         framework: str = "sfd") -> list[dict]:
     preset = get_preset(preset_name)
     dev = best_device(device)
-    configs = []  # built first, so that bad input fails before any training
-    for branches in (k, 1) if k != 1 else (1,):
-        weights = BranchWeights(a=a, b=b) if branches > 1 else BranchWeights()
-        if framework == "sfd":
-            s = preset.sfd.teacher_substeps
-            s = s if s % branches == 0 else s * branches
-            cfg = replace(preset.sfd, nfe=nfe, branches=branches, teacher_substeps=s, weights=weights, seed=seed)
-        else:
-            cfg = replace(preset.pd, branches=branches, weights=weights, seed=seed)
-        configs.append(cfg)
+    fw = get_framework(framework)
+    # built first, so that bad input fails before any training
+    shared = fw.for_study(preset.config(framework), (1, k), nfe if fw.nfe_per_trial else None)
+    configs = [fw.for_trial(shared, branches=branches, seed=seed,
+                            weights=BranchWeights(a=a, b=b) if branches > 1 else BranchWeights())
+               for branches in ((k, 1) if k != 1 else (1,))]
     t0 = time.perf_counter()
     teacher = get_teacher(preset.teacher, preset.teacher_file, dev, root=root, progress=sys.stderr.isatty())
     print(f"teacher {teacher.key}: {'loaded' if teacher.from_cache else f'trained in {teacher.wall_time_s:.0f} s'}",
@@ -41,9 +35,9 @@ def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, devic
     rows = []
     t_scores = evaluate(teacher, evaluator, preset.fid_samples, seed=seed, batch_size=preset.eval_batch)
     rows.append(dict(model=f"teacher ({teacher.config.sampler}, {teacher.config.sampler_steps} steps)", **t_scores))
-    data = load_images(preset.data) if framework == "pd" else None
+    data = load_images(preset.data) if fw.needs_data else None
     for cfg in configs:
-        result = distill(teacher, cfg, data=data, progress=sys.stderr.isatty())
+        result = fw.train(teacher, cfg, data=data, progress=sys.stderr.isatty())
         scores = evaluate(result, evaluator, preset.fid_samples, seed=seed, batch_size=preset.eval_batch)
         label = f"B-DENSE K={cfg.branches} (a={a:g}, b={b:g})" if cfg.branches > 1 else "baseline K=1"
         rows.append(dict(model=f"{label}, NFE {cfg.nfe}", train_s=result.wall_time_s, **scores))
@@ -59,7 +53,7 @@ def run(preset_name: str, k: int, nfe: int, a: float, b: float, seed: int, devic
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="default: cpu, or fmnist-gpu with CUDA")
-    p.add_argument("--framework", default="sfd", choices=("sfd", "pd"))
+    p.add_argument("--framework", default="sfd", choices=tuple(FRAMEWORKS))
     p.add_argument("--k", type=int, default=4, help="branches of the B-DENSE student")
     p.add_argument("--nfe", type=int, default=2, help="student network evaluations (SFD)")
     p.add_argument("--a", type=float, default=0.0, help="branch-weight growth rate")

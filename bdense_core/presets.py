@@ -3,12 +3,16 @@
 ``tiny`` is for tests (procedural 16 px images, seconds). ``cpu`` is the default on a machine without CUDA
 (Fashion-MNIST, a small teacher, minutes on two cores). ``fmnist-gpu`` is the default where CUDA is present,
 and ``cifar10-gpu`` needs internet for CIFAR-10's first download. Study and demo both read these.
+
+A preset holds one distillation config per framework (``preset.config("sfd")``), keyed by the names of the
+framework registry (``bdense_core/distill/registry.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from .data import DataConfig
 from .distill import PDConfig, SFDConfig
@@ -21,8 +25,7 @@ class Preset:
     name: str
     description: str
     teacher: TeacherConfig
-    sfd: SFDConfig
-    pd: PDConfig
+    distill: Mapping[str, Any]  # framework name -> that framework's config (the trial length of a screen)
     fid_samples: int  # generated images per FID
     fid_reference: int  # real images behind the reference statistics
     bank_size: int = 0  # teacher trajectories shared by a study's trials (0: fresh ones every iteration)
@@ -33,6 +36,22 @@ class Preset:
     @property
     def data(self) -> DataConfig:
         return self.teacher.data
+
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        return tuple(self.distill)
+
+    def config(self, framework: str):
+        """This preset's config of ``framework`` (ValueError, one line, if the preset has none)."""
+        try:
+            return self.distill[framework]
+        except KeyError:
+            raise ValueError(f"preset {self.name!r} has no {framework!r} settings; it has "
+                             f"{', '.join(self.distill)}") from None
+
+    def with_configs(self, change: Callable[[Any], Any]) -> "Preset":
+        """This preset with ``change`` applied to the config of every framework."""
+        return replace(self, distill={name: change(cfg) for name, cfg in self.distill.items()})
 
 
 _FMNIST = DataConfig(name="fashion-mnist")
@@ -51,8 +70,10 @@ PRESETS: dict[str, Preset] = {
                                 num_res_blocks=1, attn_resolutions=()),
                 steps=150, batch_size=32, lr=2e-3, warmup_steps=20, ema_decay=0.99, sampler_steps=8,
             ),
-            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=6, batch_size=16, lr=2e-4),
-            pd=PDConfig(teacher_steps=8, rounds=2, iterations=6, batch_size=16),
+            distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=6, batch_size=16, lr=2e-4),
+                pd=PDConfig(teacher_steps=8, rounds=2, iterations=6, batch_size=16),
+            ),
             fid_samples=64, fid_reference=64, k_choices=(1, 2, 4),
         ),
         Preset(
@@ -64,8 +85,10 @@ PRESETS: dict[str, Preset] = {
                                 num_res_blocks=1, attn_resolutions=()),
                 steps=2000, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995, sampler_steps=12,
             ),
-            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=40, batch_size=32, lr=2e-4),
-            pd=PDConfig(teacher_steps=16, rounds=2, iterations=60, batch_size=32),
+            distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=40, batch_size=32, lr=2e-4),
+                pd=PDConfig(teacher_steps=16, rounds=2, iterations=60, batch_size=32),
+            ),
             fid_samples=300, fid_reference=500, k_choices=(1, 2, 4),
         ),
         Preset(
@@ -78,8 +101,10 @@ PRESETS: dict[str, Preset] = {
                 steps=12000, batch_size=256, lr=1e-3, warmup_steps=500, ema_decay=0.9995, sampler_steps=18,
             ),
             # short trials sized for a 100-trial search on one H100 (scripts/gpu/, results/fmnist-sfd-nfe2)
-            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=80, batch_size=128, lr=1e-4, amp=True),
-            pd=PDConfig(teacher_steps=64, rounds=3, iterations=150, batch_size=128, amp=True),
+            distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=80, batch_size=128, lr=1e-4, amp=True),
+                pd=PDConfig(teacher_steps=64, rounds=3, iterations=150, batch_size=128, amp=True),
+            ),
             fid_samples=10000, fid_reference=60000, bank_size=10000, k_choices=(1, 2, 3, 4, 6, 8),
             teacher_file=str(TEACHERS / "teacher-fmnist-gpu.pt"),
         ),
@@ -92,8 +117,10 @@ PRESETS: dict[str, Preset] = {
                                 num_res_blocks=2, attn_resolutions=(16,)),
                 steps=100000, batch_size=256, lr=1e-3, warmup_steps=1000, ema_decay=0.9999, sampler_steps=18,
             ),
-            sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=1560, batch_size=128, lr=5e-5, amp=True),
-            pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
+            distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=1560, batch_size=128, lr=5e-5, amp=True),
+                pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
+            ),
             fid_samples=10000, fid_reference=50000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
         ),
     ]

@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         rows.append((f"head overhead K={k}: params / forward FLOPs",
                      f"+{o.params_extra:,} ({o.params_pct:.4f}%) / +{o.flops_pct:.4f}%"))
 
-    base = replace(preset.sfd, iterations=iters, teacher_substeps=4)
+    base = replace(preset.config("sfd"), iterations=iters, teacher_substeps=4)
     step = {}
     for mode in ("fresh", "bank"):
         bank = build_trajectory_bank(teacher, 4 * base.batch_size, base, seed=0) if mode == "bank" else None

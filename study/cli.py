@@ -13,12 +13,11 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from bdense_core.distill import PDConfig, SFDConfig
+from bdense_core.distill import FRAMEWORKS, get_framework
 from bdense_core.presets import PRESETS, Preset, default_preset_name, get_preset
-
-FRAMEWORKS = ("sfd", "pd")
-WEIGHT_MODES = ("exp", "free")
+from bdense_core.schedule import WEIGHT_MODES
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
 PRUNERS = ("none", "median", "hyperband")
 RUNS_DIR_ENV = "BDENSE_RUNS_DIR"
@@ -74,7 +73,7 @@ class StudyConfig:
     artifact_root: Path
     runs_dir: Path
     heartbeat_interval: int
-    teacher_substeps: int  # SFD's S: the lcm of the preset's S and every K choice
+    shared: Any  # the framework's config that every trial shares (SFD: S is the lcm of every K choice)
     ablation: str | None = None  # a designed grid (analysis/ablation.py) to enqueue before the trials
     ablation_seeds: int = 3
     worker_index: int | None = None  # set in processes started by --workers
@@ -93,19 +92,24 @@ class StudyConfig:
 
     @property
     def iterations(self) -> int:
-        return self.base_distill_config.iterations
+        return self.shared.iterations
 
     @property
-    def base_distill_config(self) -> SFDConfig | PDConfig:
-        return self.preset.sfd if self.framework == "sfd" else self.preset.pd
+    def fw(self):
+        return get_framework(self.framework)
 
-    def distill_config(self, branches: int, weights, seed: int, nfe: int | None = None) -> SFDConfig | PDConfig:
-        """The framework's config for one (K, weights, seed); S is fixed for the whole study and so is the NFE,
+    @property
+    def base_distill_config(self):
+        return self.shared
+
+    @property
+    def teacher_substeps(self) -> int | None:
+        return self.fw.settings(self.shared).get("teacher_substeps")
+
+    def distill_config(self, branches: int, weights, seed: int, nfe: int | None = None):
+        """The framework's config for one (K, weights, seed); what the study shares is fixed, and so is the NFE,
         except for trials that an ablation grid enqueued with their own ``nfe``."""
-        if self.framework == "sfd":
-            return replace(self.preset.sfd, nfe=nfe or self.nfe, branches=branches,
-                           teacher_substeps=self.teacher_substeps, weights=weights, seed=seed)
-        return replace(self.preset.pd, branches=branches, weights=weights, seed=seed)
+        return self.fw.for_trial(self.shared, branches=branches, weights=weights, seed=seed, nfe=nfe)
 
     def describe(self) -> dict:
         """A JSON-able summary of the settings (for MLflow params and the resolved config)."""
@@ -115,7 +119,7 @@ class StudyConfig:
             w_range=list(self.w_range), sampler=self.sampler, pruner=self.pruner, seed=self.seed,
             seeds_per_trial=self.seeds_per_trial, fid_samples=self.preset.fid_samples,
             fid_reference=self.preset.fid_reference, iterations=self.iterations, bank_size=self.preset.bank_size,
-            teacher_substeps=self.teacher_substeps if self.framework == "sfd" else None,
+            teacher_substeps=self.teacher_substeps,
             study_name=self.study_name, storage=self.storage_url, mlflow_uri=self.mlflow_uri,
             artifact_root=str(self.artifact_root),
         )
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("method")
     g.add_argument("--preset", default=None, metavar="NAME",
                    help="named settings (below); default: cpu without CUDA, fmnist-gpu with CUDA")
-    g.add_argument("--framework", choices=FRAMEWORKS, default="sfd", help="distillation framework")
+    g.add_argument("--framework", choices=tuple(FRAMEWORKS), default="sfd", help="distillation framework")
     g.add_argument("--nfe", type=int, default=None, metavar="N", help="student network evaluations; default: the preset's")
     g.add_argument("--k", nargs="+", default=None, metavar="K",
                    help="branch counts to search over, e.g. --k 2 4 (K = 1, the baseline, is always added); "
@@ -198,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _k_choices(tokens: list[str] | None, preset: Preset, framework: str) -> tuple[int, ...]:
+    fw = get_framework(framework)
     if tokens is None:
-        return (1, 2) if framework == "pd" else tuple(preset.k_choices)
+        return fw.k_choices(tuple(preset.k_choices))
     values = []
     for tok in tokens:
         for part in str(tok).replace(",", " ").split():
@@ -212,8 +217,9 @@ def _k_choices(tokens: list[str] | None, preset: Preset, framework: str) -> tupl
     bad = [k for k in values if k < 1]
     if bad:
         raise UsageError(f"--k: every K choice must be >= 1, got {bad[0]}")
-    if framework == "pd" and any(k > 2 for k in values):
-        raise UsageError(f"--framework pd supports K = 1 or 2 only, got --k {' '.join(map(str, values))}")
+    if fw.max_branches is not None and any(k > fw.max_branches for k in values):
+        raise UsageError(f"--framework {framework} supports K = 1 to {fw.max_branches} only "
+                         f"(K = 1 or 2), got --k {' '.join(map(str, values))}")
     return tuple(sorted(set(values) | {1}))  # K = 1 is the baseline of every study
 
 
@@ -226,13 +232,6 @@ def _range(name: str, values, positive: bool) -> tuple[float, float]:
     if positive and lo <= 0:
         raise UsageError(f"{name} is log-scaled: both ends must be > 0, got {lo:g} {hi:g}")
     return lo, hi
-
-
-def _lcm(values) -> int:
-    out = 1
-    for v in values:
-        out = out * v // math.gcd(out, v)
-    return out
 
 
 def default_runs_dir() -> Path:
@@ -278,37 +277,25 @@ def parse_config(argv: list[str] | None = None) -> StudyConfig:
     if args.iterations is not None:
         if args.iterations < 1:
             raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
-        preset = replace(preset, sfd=replace(preset.sfd, iterations=args.iterations),
-                         pd=replace(preset.pd, iterations=args.iterations))
+        preset = preset.with_configs(lambda c: replace(c, iterations=args.iterations))
 
     if args.bank_size is not None:
         if args.bank_size < 0:
             raise UsageError(f"--bank-size must be >= 0, got {args.bank_size}")
         preset = replace(preset, bank_size=args.bank_size)
 
-    teacher_substeps = _lcm([preset.sfd.teacher_substeps, *k_choices])
-    if framework == "sfd":
-        nfe = preset.sfd.nfe if args.nfe is None else args.nfe
-        if nfe < 1:
-            raise UsageError(f"--nfe must be >= 1, got {nfe}")
-        try:  # checks the whole config once, with the largest K
-            replace(preset.sfd, nfe=nfe, branches=max(k_choices), teacher_substeps=teacher_substeps)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    else:
-        nfe = preset.pd.nfe if args.nfe is None else args.nfe
-        if nfe != preset.pd.nfe:
-            ratio = preset.pd.teacher_steps / max(nfe, 1)
-            rounds = round(math.log2(ratio)) if ratio >= 2 else 0
-            if nfe < 1 or rounds < 1 or 2**rounds * nfe != preset.pd.teacher_steps:
-                raise UsageError(
-                    f"--nfe {nfe}: progressive distillation halves the preset's {preset.pd.teacher_steps} teacher "
-                    f"steps, so NFE must be {preset.pd.teacher_steps}/2^r for r >= 1"
-                )
-            preset = replace(preset, pd=replace(preset.pd, rounds=rounds))
+    fw = get_framework(framework)
+    try:
+        base = preset.config(framework)
+        shared = fw.for_study(base, k_choices, args.nfe)  # checks the whole config once, with the largest K
+    except ValueError as e:
+        reason = str(e)
+        raise UsageError(f"--nfe {args.nfe}: {reason}" if args.nfe is not None and "NFE" in reason else reason) from None
+    nfe = shared.nfe
+    preset = replace(preset, distill={**preset.distill, framework: shared})
 
-    if args.ablation == "nfe" and framework != "sfd":
-        raise UsageError("--ablation nfe compares NFE 2-5 and needs --framework sfd (PD's NFE is set by its rounds)")
+    if args.ablation == "nfe" and not fw.nfe_per_trial:
+        raise UsageError(f"--ablation nfe compares NFE 2-5, which --framework {framework} cannot (its NFE is fixed per study)")
 
     runs_dir = Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_dir()
     runs_dir = runs_dir.resolve()
@@ -332,7 +319,7 @@ def parse_config(argv: list[str] | None = None) -> StudyConfig:
         seed=args.seed, seeds_per_trial=args.seeds_per_trial, n_trials=args.n_trials, timeout=args.timeout,
         workers=min(args.workers, args.n_trials), device=args.device, study_name=study_name,
         storage_url=storage_url, mlflow_uri=mlflow_uri, artifact_root=runs_dir / "mlartifacts",
-        runs_dir=runs_dir, heartbeat_interval=args.heartbeat_interval, teacher_substeps=teacher_substeps,
+        runs_dir=runs_dir, heartbeat_interval=args.heartbeat_interval, shared=shared,
         ablation=args.ablation, ablation_seeds=args.ablation_seeds, worker_index=args.worker_index, argv=tuple(argv),
     )
 

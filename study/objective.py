@@ -59,7 +59,7 @@ class _StepHook:
                  total: int, may_prune: bool):
         self.trial, self.run, self.ctx = trial, run, ctx
         self.offset, self.total, self.may_prune = offset, total, may_prune
-        self.key = "endpoint_l1" if ctx.config.framework == "sfd" else f"loss_branch_{branches}"
+        self.key = ctx.config.fw.prune_metric
         iterations = ctx.config.iterations
         self.report_every = max(1, iterations // 10)
         self.window: list[float] = []
@@ -92,8 +92,7 @@ def _trial_params_for_mlflow(trial: optuna.Trial, point: space.TrialPoint, cfg: 
         fid_samples=cfg.preset.fid_samples, fid_reference=cfg.preset.fid_reference, optuna_trial_number=trial.number,
         study_name=cfg.study_name,
     )
-    if cfg.framework == "sfd":
-        params["teacher_substeps"] = cfg.teacher_substeps
+    params.update(cfg.fw.settings(cfg.shared))
     return params
 
 

@@ -172,9 +172,9 @@ def make_bank_provider(config: StudyConfig, teacher, announce: bool):
 
     A bank is built once, saved in the cache and loaded by every other process of the study; it keeps only
     the teacher states that the study's K choices train on."""
-    if config.framework != "sfd" or config.preset.bank_size <= 0:
+    fw = config.fw
+    if not fw.uses_bank or config.preset.bank_size <= 0:
         return None
-    from bdense_core.distill import cached_trajectory_bank
     from bdense_core.schedule import BranchWeights
 
     banks: dict[int, object] = {}
@@ -185,9 +185,9 @@ def make_bank_provider(config: StudyConfig, teacher, announce: bool):
             if announce:
                 print(f"teacher trajectories: a bank of {config.preset.bank_size} at NFE {nfe} (cached in "
                       f"{config.cache_root / 'banks'})", file=sys.stderr, flush=True)
-            banks[nfe] = cached_trajectory_bank(teacher, config.preset.bank_size, grid_config,
-                                                seed=config.seed + 10_007, root=config.cache_root,
-                                                k_choices=tuple(config.k_choices))
+            banks[nfe] = fw.shared_paths(teacher, grid_config, size=config.preset.bank_size,
+                                         seed=config.seed + 10_007, root=config.cache_root,
+                                         k_choices=tuple(config.k_choices))
         return banks[nfe]
 
     return get
@@ -252,7 +252,7 @@ def run_study(config: StudyConfig, storage) -> int:
             mlflow_teacher_run_id=teacher_run_id, mlflow_uri=config.mlflow_uri, k_choices=list(config.k_choices),
             weights_mode=config.weights_mode, iterations=config.iterations, seeds_per_trial=config.seeds_per_trial,
             bank_size=config.preset.bank_size,
-            teacher_substeps=config.teacher_substeps if config.framework == "sfd" else None,
+            teacher_substeps=config.teacher_substeps,
         )
         for key, value in attrs.items():
             if study.user_attrs.get(key) != value:
@@ -297,7 +297,7 @@ def run_study(config: StudyConfig, storage) -> int:
             close_orphan_runs(tracker, study)
         else:
             data = None
-            if config.framework == "pd":
+            if config.fw.needs_data:
                 from bdense_core.data import load_images
 
                 data = load_images(config.preset.data)

@@ -56,7 +56,7 @@ def test_branch_indices_split_each_interval_evenly():
 
 
 def test_sfd_lowers_endpoint_error_and_records_branch_losses(teacher):
-    cfg = replace(TINY.sfd, branches=4, iterations=30, weights=BranchWeights(a=0.3, b=0.5))
+    cfg = replace(TINY.config("sfd"), branches=4, iterations=30, weights=BranchWeights(a=0.3, b=0.5))
     before = endpoint_error(make_student(teacher.denoiser, 4).eval(), teacher, cfg)
     result = distill(teacher, cfg)
     after = endpoint_error(result.student, teacher, cfg)
@@ -73,14 +73,14 @@ def test_sfd_lowers_endpoint_error_and_records_branch_losses(teacher):
 
 
 def test_sfd_baseline_k1_also_learns(teacher):
-    cfg = replace(TINY.sfd, branches=1, iterations=30)
+    cfg = replace(TINY.config("sfd"), branches=1, iterations=30)
     before = endpoint_error(make_student(teacher.denoiser, 1).eval(), teacher, cfg)
     after = endpoint_error(distill(teacher, cfg).student, teacher, cfg)
     assert after < 0.85 * before
 
 
 def test_trajectory_bank_matches_fresh_teacher_paths(teacher):
-    cfg = replace(TINY.sfd, branches=2, iterations=3)
+    cfg = replace(TINY.config("sfd"), branches=2, iterations=3)
     bank = build_trajectory_bank(teacher, 8, cfg, seed=3, batch_size=4)
     g = torch.Generator().manual_seed(3)
     x_T = torch.randn((4, *teacher.image_shape), generator=g) * cfg.sigma_max
@@ -94,7 +94,7 @@ def test_trajectory_bank_matches_fresh_teacher_paths(teacher):
 def test_bank_keeps_only_the_branch_targets_and_is_cached(teacher, tmp_path):
     """A bank for K in {1, 2, 4} holds x_T and the targets of those K only; a second process loads it from
     disk; a student trained from it equals one trained from the full bank (same batches, same targets)."""
-    cfg = replace(TINY.sfd, branches=4, iterations=3)
+    cfg = replace(TINY.config("sfd"), branches=4, iterations=3)
     pts = needed_points(cfg, (1, 2, 4))
     # S = 4, NFE 2 with AFS: intervals 1 and 2 are trained; K = 4 targets every sub-step of them
     assert pts == (0, 5, 6, 7, 8, 9, 10, 11, 12)
@@ -117,7 +117,7 @@ def test_bank_keeps_only_the_branch_targets_and_is_cached(teacher, tmp_path):
 def test_progressive_distillation_lowers_error_against_teacher(teacher):
     data = load_images(TINY.teacher.data)
     for k in (1, 2):
-        cfg = replace(TINY.pd, branches=k, iterations=30)
+        cfg = replace(TINY.config("pd"), branches=k, iterations=30)
         s0 = make_student(teacher.denoiser, k).eval()
         before = pd_endpoint_error(s0, teacher.denoiser, cfg, cfg.nfe, cfg.teacher_steps, teacher.image_shape)
         result = distill(teacher, cfg, data=data)
@@ -130,7 +130,7 @@ def test_progressive_distillation_lowers_error_against_teacher(teacher):
 
 
 def test_divergence_is_reported(teacher):
-    cfg = replace(TINY.sfd, branches=2, iterations=2, weights=BranchWeights(a=0.0, b=1e39))
+    cfg = replace(TINY.config("sfd"), branches=2, iterations=2, weights=BranchWeights(a=0.0, b=1e39))
     with pytest.raises(DivergenceError, match="became (nan|inf) at step 1"):
         distill(teacher, cfg)
 
@@ -155,7 +155,7 @@ def test_bad_configs_raise_one_clear_error(make, match):
 
 def test_pd_needs_data(teacher):
     with pytest.raises(ValueError, match="data="):
-        distill(teacher, TINY.pd)
+        distill(teacher, TINY.config("pd"))
 
 
 def test_teacher_cache_resume_and_file_roundtrip(tmp_path):

@@ -25,7 +25,7 @@ def runs(tmp_path, monkeypatch):
 def test_defaults_resolve_from_the_preset(runs):
     cfg = parse_config(["--preset", "tiny"])
     assert cfg.preset.name == "tiny" and cfg.framework == "sfd"
-    assert cfg.k_choices == (1, 2, 4) and cfg.nfe == cfg.preset.sfd.nfe
+    assert cfg.k_choices == (1, 2, 4) and cfg.nfe == cfg.preset.config("sfd").nfe
     assert cfg.storage_url == f"journal:{runs.resolve() / 'optuna-journal.log'}"
     assert cfg.mlflow_uri == f"sqlite:///{runs.resolve() / 'mlflow.db'}"
     assert cfg.artifact_root == runs.resolve() / "mlartifacts"
@@ -45,7 +45,7 @@ def test_teacher_substeps_are_the_lcm_and_k1_is_always_searched(runs):
 def test_overrides_apply_to_the_preset(runs):
     cfg = parse_config(["--preset", "tiny", "--fid-samples", "16", "--iterations", "3", "--framework", "pd", "--nfe", "4"])
     assert cfg.preset.fid_samples == 16 and cfg.iterations == 3
-    assert cfg.k_choices == (1, 2) and cfg.nfe == 4 and cfg.preset.pd.nfe == 4
+    assert cfg.k_choices == (1, 2) and cfg.nfe == 4 and cfg.preset.config("pd").nfe == 4
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -24,6 +24,7 @@ from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher
 from .common import DistillResult, StepCallback, adam, branch_record, check_finite, make_student
+from .registry import Framework, register
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def distill_pd(
             opt.step()
             step += 1
             steps_seen += config.batch_size
-            rec = branch_record(step, loss, per_branch, round=float(rnd + 1), student_steps=float(n_student))
+            rec = branch_record(step, loss, per_branch, endpoint_loss=float(per_branch[-1].detach()),
+                                round=float(rnd + 1), student_steps=float(n_student))
             history.append(rec)
             if callback is not None:
                 callback(rec)
@@ -151,3 +153,47 @@ def pd_endpoint_error(student, reference, config: PDConfig, student_steps: int, 
     g = generator(seed, next(student.parameters()).device)
     x_T = torch.randn((n, *shape), generator=g, device=g.device) * config.sigma_max
     return float((pd_sample(student, x_T, config, student_steps) - pd_sample(reference, x_T, config, reference_steps)).abs().mean())
+
+
+class PD(Framework):
+    """Progressive distillation + B-DENSE: K = 1 or 2; the NFE is the teacher's steps halved ``rounds`` times."""
+
+    name = "pd"
+    config_type = PDConfig
+    description = "progressive distillation with B-DENSE branches (paper Algorithm 2)"
+    needs_data = True
+    max_branches = 2
+    prune_metric = "endpoint_loss"
+
+    def train(self, teacher, config, *, data=None, bank=None, callback=None, progress=False) -> DistillResult:
+        if data is None:
+            raise ValueError("progressive distillation trains on data images: pass data=load_images(...)")
+        return distill_pd(teacher, config, data, callback=callback, progress=progress)
+
+    def for_study(self, config: PDConfig, k_choices: tuple[int, ...], nfe: int | None = None) -> PDConfig:
+        from dataclasses import replace
+
+        if max(k_choices) > 2:
+            raise ValueError(f"progressive distillation supports K = 1 or 2 only, got K = {max(k_choices)}")
+        rounds = config.rounds
+        if nfe is not None and nfe != config.nfe:
+            ratio = config.teacher_steps / max(nfe, 1)
+            rounds = round(math.log2(ratio)) if ratio >= 2 else 0
+            if nfe < 1 or rounds < 1 or 2**rounds * nfe != config.teacher_steps:
+                raise ValueError(f"NFE {nfe}: progressive distillation halves the {config.teacher_steps} teacher "
+                                 f"steps, so NFE must be {config.teacher_steps}/2^r for r >= 1")
+        return replace(config, rounds=rounds, branches=max(k_choices))
+
+    def for_trial(self, config: PDConfig, *, branches: int, weights: BranchWeights, seed: int,
+                  nfe: int | None = None) -> PDConfig:
+        from dataclasses import replace
+
+        if nfe is not None and nfe != config.nfe:
+            raise ValueError(f"a progressive-distillation trial runs at its study's NFE {config.nfe}, not {nfe}")
+        return replace(config, branches=branches, weights=weights, seed=seed)
+
+    def settings(self, config: PDConfig) -> dict:
+        return dict(teacher_steps=config.teacher_steps, rounds=config.rounds)
+
+
+register(PD())

@@ -22,6 +22,7 @@ from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher
 from .common import DistillResult, StepCallback, adam, branch_record, check_finite, make_student
+from .registry import Framework, register
 
 
 @dataclass(frozen=True)
@@ -300,3 +301,47 @@ def endpoint_error(student, teacher: Teacher, config: SFDConfig, n: int = 64, se
     x_T = torch.randn((n, *teacher.image_shape), generator=g, device=teacher.device) * config.sigma_max
     target = teacher_trajectories(teacher, x_T, config)[:, -1]
     return float((sfd_sample(student, x_T, config) - target).abs().mean())
+
+
+def _lcm(values) -> int:
+    out = 1
+    for v in values:
+        out = out * v // math.gcd(out, v)
+    return out
+
+
+class SFD(Framework):
+    """SFD + B-DENSE: the teacher's sub-steps S are the lcm of every K choice, so all trials see one grid."""
+
+    name = "sfd"
+    config_type = SFDConfig
+    description = "SFD trajectory distillation with B-DENSE branches (paper Algorithm 4)"
+    uses_bank = True
+    nfe_per_trial = True
+    prune_metric = "endpoint_l1"
+
+    def train(self, teacher, config, *, data=None, bank=None, callback=None, progress=False) -> DistillResult:
+        return distill_sfd(teacher, config, bank=bank, callback=callback, progress=progress)
+
+    def for_study(self, config: SFDConfig, k_choices: tuple[int, ...], nfe: int | None = None) -> SFDConfig:
+        from dataclasses import replace
+
+        s = _lcm([config.teacher_substeps, *k_choices])
+        return replace(config, nfe=config.nfe if nfe is None else nfe, branches=max(k_choices), teacher_substeps=s)
+
+    def for_trial(self, config: SFDConfig, *, branches: int, weights: BranchWeights, seed: int,
+                  nfe: int | None = None) -> SFDConfig:
+        from dataclasses import replace
+
+        return replace(config, nfe=config.nfe if nfe is None else nfe, branches=branches, weights=weights, seed=seed)
+
+    def settings(self, config: SFDConfig) -> dict:
+        return dict(teacher_substeps=config.teacher_substeps, afs=config.afs, teacher_solver=config.teacher_solver)
+
+    def shared_paths(self, teacher, config: SFDConfig, *, size: int, seed: int, root, k_choices: tuple[int, ...]):
+        if size <= 0:
+            return None
+        return cached_trajectory_bank(teacher, size, config, seed=seed, root=root, k_choices=tuple(k_choices))
+
+
+register(SFD())
