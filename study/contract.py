@@ -169,7 +169,7 @@ def seed_values(rec: Mapping[str, Any], metric: str = FID) -> list[tuple[Any, fl
         if isinstance(seeds, (list, tuple)) and len(seeds) == len(per):
             return [(s, v) for s, v in zip(seeds, vals) if v is not None]
         return [((rec.get("number"), i), v) for i, v in enumerate(vals) if v is not None]
-    v = _num(rec.get(metric)) if metric != FID or rec.get(FID) is not None else None
+    v = _num(rec.get(metric))
     if v is None and metric == FID:
         v = _num(rec.get("value"))
     return [((rec.get("number"), 0), v)] if v is not None else []
@@ -180,9 +180,10 @@ class Group:
     """One configuration's trials at one NFE and fidelity, pooled by seed."""
 
     key: tuple
-    values: list[float] = field(default_factory=list)  # one per distinct seed
+    values: list[float] = field(default_factory=list)  # one per distinct seed (the mean of its runs)
     seeds: list[Any] = field(default_factory=list)
     trials: list[int] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)  # every (trial, seed) value, repeats of a seed included
 
     @property
     def n(self) -> int:
@@ -206,7 +207,7 @@ class Group:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(config=self.label, key=list(self.key), mean=self.mean, sd=self.sd, n=self.n,
-                    values=list(self.values), seeds=[s if isinstance(s, (int, str)) else str(s) for s in self.seeds],
+                    values=list(self.values), runs=list(self.runs), seeds=[s if isinstance(s, (int, str)) else str(s) for s in self.seeds],
                     trials=list(self.trials))
 
 
@@ -235,6 +236,7 @@ def groups(records: Iterable[Mapping[str, Any]], *, nfe: int | None = None, fide
         for seed, vs in seeds.items():
             g.seeds.append(seed)
             g.values.append(sum(vs) / len(vs))
+            g.runs.extend(vs)
         out[key] = g
     return out
 
