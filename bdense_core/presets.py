@@ -32,6 +32,9 @@ class Preset:
     k_choices: tuple[int, ...] = (1, 2, 4)
     eval_batch: int = 500
     teacher_file: str | None = None  # a shipped teacher checkpoint to use instead of training one
+    students_per_worker: int = 1  # students one process trains at once as a batched model
+    length: str = "screen"
+    full: Mapping[str, dict] = field(default_factory=dict)  # framework -> overrides of the "full" length
 
     @property
     def data(self) -> DataConfig:
@@ -49,11 +52,20 @@ class Preset:
             raise ValueError(f"preset {self.name!r} has no {framework!r} settings; it has "
                              f"{', '.join(self.distill)}") from None
 
+    def at_length(self, name: str) -> "Preset":
+        """This preset at training length ``name``: "screen" (as it is) or "full" (the frameworks' full budget)."""
+        if name not in LENGTHS:
+            raise ValueError(f"unknown length {name!r}; choose one of {', '.join(LENGTHS)}")
+        if name == self.length:
+            return self
+        return replace(self, length=name, distill={k: replace(v, **self.full.get(k, {})) for k, v in self.distill.items()})
+
     def with_configs(self, change: Callable[[Any], Any]) -> "Preset":
         """This preset with ``change`` applied to the config of every framework."""
         return replace(self, distill={name: change(cfg) for name, cfg in self.distill.items()})
 
 
+LENGTHS = ("screen", "full")
 _FMNIST = DataConfig(name="fashion-mnist")
 # Teachers trained on the H100 by scripts/gpu/teacher.py and shipped with the repository (fp16).
 TEACHERS = Path(__file__).resolve().parents[1] / "results" / "teachers"
@@ -75,6 +87,7 @@ PRESETS: dict[str, Preset] = {
                 pd=PDConfig(teacher_steps=8, rounds=2, iterations=6, batch_size=16),
             ),
             fid_samples=64, fid_reference=64, k_choices=(1, 2, 4),
+            full=dict(sfd=dict(iterations=4), pd=dict(iterations=4)),
         ),
         Preset(
             name="cpu",

@@ -58,6 +58,10 @@ class TeacherConfig:
         return stable_hash(self)
 
 
+class TeacherFileError(ValueError):
+    """A shipped or cached teacher file is missing or unreadable; the message names the fix."""
+
+
 class TrainingPaused(Exception):
     """``train_teacher`` stopped at its time budget after writing a checkpoint; call it again to resume."""
 
@@ -124,6 +128,11 @@ def _check_shapes(config: TeacherConfig, data: ImageSet):
         )
 
 
+def teacher_cache_file(config: TeacherConfig, root: str | Path | None = None) -> Path:
+    """Where :func:`train_teacher` keeps the finished teacher of ``config``."""
+    return cache_dir("teachers", root) / config.key / "teacher.pt"
+
+
 def train_teacher(
     config: TeacherConfig,
     device: str | torch.device | None = None,
@@ -140,8 +149,8 @@ def train_teacher(
     passed, so that long trainings can be spread over several calls (or machines sharing the cache).
     """
     device = best_device(str(device) if device else None)
-    folder = cache_dir("teachers", root) / config.key
-    final = folder / "teacher.pt"
+    final = teacher_cache_file(config, root)
+    folder = final.parent
     if final.exists():
         teacher = load_teacher(final, device)
         teacher.from_cache = True

@@ -76,6 +76,9 @@ RETRY_OF = "retry_of"
 ABLATION = "ablation"
 ABLATION_CONFIG = "ablation_config"
 SCREEN_TRIAL = "screen_trial"  # on a confirmation trial: the screen trial it re-runs
+CONFIRM_RANK = "confirm_rank"  # on a confirmation trial: 1..N for the screen's top N, 0 for the baselines
+# What an enqueued trial is told to run besides its params: a retry of a failed trial keeps these.
+PLAN_ATTRS = (ROLE, PARAM_K, SEEDS, NFE, FIDELITY, ABLATION, ABLATION_CONFIG, SCREEN_TRIAL, CONFIRM_RANK)
 
 # -- study user attributes ---------------------------------------------------------------------------------
 STUDY_PRESET = "preset"

@@ -1,44 +1,43 @@
-"""One trial: draw K and the branch weights, distil with bdense_core for every seed, score FID, record.
+"""The objective of the trials one process runs together: suggest, distil, evaluate, record.
 
-``objective(trial, ctx)`` is a plain function of the trial (``make_objective(ctx)`` binds the context).
-The context holds what all trials of one process share: the teacher, the trajectory bank, the FID
-evaluator, the data (PD) and the MLflow tracker. The objective value is the mean FID over the seeds
-(minimised). During training the endpoint error (SFD: ``endpoint_l1``; PD: the endpoint branch's loss) is
-reported to Optuna every few iterations so that a pruner can stop hopeless trials; baselines are never
-pruned. A NaN/inf loss prunes the trial with ``fail_reason``; Ctrl-C fails it; either way the MLflow run
-is closed with the matching status.
+Like optuna-examples' ``pytorch_simple.py``, but for N trials at once (Optuna's ask/tell): each trial suggests
+its K and weights, its students (one per training seed) train together as one batched model where the
+framework can (``Framework.train_many``), each student is scored, and each trial is recorded in both stores.
+The MLflow bookkeeping lives in ``study/tracking.py``; the names in ``study/contract.py``.
+
+A trial's value is the mean of its seeds' objective (FID, or KID for small sample counts). During training the
+framework's pruning metric is reported to Optuna by the trial's first seed; baselines, designed grids and
+confirmations are never pruned. A NaN loss prunes the trial with ``fail_reason``; an error fails it (with the
+traceback as an artifact); either way its MLflow run is closed with the matching status.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
 import statistics
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 
-from bdense_core.distill import DivergenceError, distill
+from bdense_core.distill import DivergenceError
 from bdense_core.evaluate import evaluate
-from bdense_core.runtime import to_jsonable
 
+from . import contract as c
 from . import space
-from .cli import StudyConfig
-from .tracking import Tracker, TrialRun, plot_branch_weights, save_sample_grid
+from .config import StudyConfig
+from .tracking import Tracker, TrialRun
 
-EVAL_SEED = 2024  # sampling seed of the FID images of seed index j: EVAL_SEED + j, the same in every trial
+EVAL_SEED = 1_000_003  # the FID images of training seed s are drawn with seed EVAL_SEED + s
 GRID_SEED = 7
 GRID_SIZE = 64
+OWNER = "bdense:owner"  # system attribute: the process that runs a trial (host, pid, start time)
 
 
 @dataclass
-class StudyContext:
+class Context:
     """What the trials of one process share."""
 
     config: StudyConfig
@@ -46,176 +45,229 @@ class StudyContext:
     evaluator: Any  # bdense_core.fid.FIDEvaluator
     tracker: Tracker
     parent_run_id: str
-    data: Any = None  # ImageSet, PD only
-    banks: Callable[[int], Any] | None = None  # NFE -> TrajectoryBank or None (SFD with bank_size > 0)
-    on_step: Callable[[int, int, int, dict], None] | None = None  # (trial number, step, total steps, record)
-    current_trial: int | None = field(default=None, init=False)  # the trial this process is running
+    paths: Callable[[int, str, int], Any]  # (nfe, length, seed) -> TrajectoryBank or None
+    data: Any = None  # ImageSet, frameworks that train on data
+    on_step: Callable[[int, int, int, dict], None] | None = None  # (trial number, step, total, record)
+
+
+@dataclass
+class Plan:
+    """One trial's resolved setting: its point, seeds, NFE, length and role."""
+
+    trial: optuna.Trial
+    point: space.TrialPoint
+    role: str
+    seeds: list[int]
+    nfe: int
+    length: str
+    run: TrialRun | None = None
+    scores: list[dict[str, float]] = field(default_factory=list)
+    error: BaseException | None = None
+    tb: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def may_prune(self) -> bool:
+        return self.role == c.ROLE_SEARCH
+
+
+def plan(trial: optuna.Trial, ctx: Context) -> Plan:
+    """Suggest: the trial's point, and the seeds, NFE and length a designed grid may have given it."""
+    cfg = ctx.config
+    point = space.suggest(trial, cfg)
+    attrs = trial.user_attrs
+    return Plan(trial, point, attrs.get(c.ROLE, c.ROLE_SEARCH), [int(s) for s in attrs.get(c.SEEDS, cfg.seeds)],
+                int(attrs.get(c.NFE, cfg.nfe)), attrs.get(c.FIDELITY, cfg.length))
 
 
 class _StepHook:
-    """The distillation callback: buffers per-step metrics for MLflow and reports to Optuna's pruner."""
+    """A student's per-iteration callback: MLflow step metrics, the live line, and (first seed) the pruner."""
 
-    def __init__(self, trial: optuna.Trial, run: TrialRun, ctx: StudyContext, branches: int, offset: int,
-                 total: int, may_prune: bool):
-        self.trial, self.run, self.ctx = trial, run, ctx
-        self.offset, self.total, self.may_prune = offset, total, may_prune
-        self.key = ctx.config.fw.prune_metric
-        iterations = ctx.config.iterations
+    def __init__(self, p: Plan, j: int, ctx: Context, iterations: int):
+        self.p, self.j, self.ctx = p, j, ctx
+        self.offset, self.total = j * iterations, iterations * len(p.seeds)
         self.report_every = max(1, iterations // 10)
+        self.key = ctx.config.fw.prune_metric
         self.window: list[float] = []
 
     def __call__(self, rec: dict[str, float]) -> None:
+        p = self.p
+        if p.error is not None:  # another seed of this trial was pruned or failed: stop this one too
+            raise p.error
         step = self.offset + int(rec["step"])
-        self.run.log_step(rec, step)
+        p.run.log_step(rec, step)
         if self.ctx.on_step is not None:
-            self.ctx.on_step(self.trial.number, step, self.total, rec)
+            self.ctx.on_step(p.trial.number, step, self.total, rec)
+        if self.j != 0:
+            return
         value = rec.get(self.key, rec.get("loss"))
         if value is not None:
             self.window.append(float(value))
         if int(rec["step"]) % self.report_every == 0 and self.window:
             mean = sum(self.window) / len(self.window)
             self.window.clear()
-            self.trial.report(mean, step)
-            if self.may_prune and self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}: {self.key} {mean:.4g} behind the other trials")
+            p.trial.report(mean, step)
+            if p.may_prune and p.trial.should_prune():
+                p.error = optuna.TrialPruned(f"pruned at step {step}: {self.key} {mean:.4g} behind the other trials")
+                raise p.error
 
 
-def _trial_params_for_mlflow(trial: optuna.Trial, point: space.TrialPoint, cfg: StudyConfig, ctx: StudyContext,
-                             role: str, nfe: int, seeds: list[int]) -> dict:
-    base = cfg.base_distill_config
-    fa, fb = point.fitted_ab
-    params = dict(trial.params)
-    params.update(
-        weights_mode=cfg.weights_mode, weights=[round(w, 6) for w in point.weight_values()], fitted_a=fa,
-        fitted_b=fb, framework=cfg.framework, nfe=nfe, seeds=seeds, preset=cfg.preset.name,
-        teacher_key=ctx.teacher.key, role=role, iterations=base.iterations, batch_size=base.batch_size, lr=base.lr,
-        fid_samples=cfg.preset.fid_samples, fid_reference=cfg.preset.fid_reference, optuna_trial_number=trial.number,
-        study_name=cfg.study_name,
-    )
-    params.update(cfg.fw.settings(cfg.shared))
-    return params
+def _record_start(p: Plan, ctx: Context) -> None:
+    """Both stores learn of the trial before it trains: user attributes, and an MLflow run with its params."""
+    cfg, trial = ctx.config, p.trial
+    fa, fb = p.point.fitted_ab
+    settings = cfg.settings(p.length)
+    attrs = {
+        c.ROLE: p.role, c.FIDELITY: p.length, c.NFE: p.nfe, c.SEEDS: p.seeds, c.FRAMEWORK: cfg.framework,
+        c.WEIGHTS_MODE: cfg.weights_mode, c.FITTED_A: fa, c.FITTED_B: fb, c.PRESET: cfg.preset.name,
+        c.TEACHER_KEY: ctx.teacher.key, c.OBJECTIVE: cfg.objective, c.TEACHER_PATHS: teacher_paths_label(cfg),
+        **settings,
+    }
+    if p.point.branches == 1:
+        attrs[c.PARAM_K] = 1
+    for key, value in attrs.items():
+        if trial.user_attrs.get(key) != value:
+            trial.set_user_attr(key, value)
+    params = dict(trial.params, K=p.point.branches, weights=[round(w, 6) for w in p.point.weight_values()],
+                  a=p.point.weights.a if cfg.weights_mode == "exp" else fa, b=p.point.weights.b if cfg.weights_mode == "exp" else fb,
+                  **{k: v for k, v in attrs.items() if k not in (c.PARAM_K,)},
+                  fid_samples=cfg.preset.fid_samples, fid_reference=cfg.preset.fid_reference,
+                  optuna_trial_number=trial.number, study_name=cfg.study_name)
+    p.run = ctx.tracker.start_trial(cfg.study_name, ctx.parent_run_id, trial.number, p.point, p.role,
+                                    params=params, teacher_key=ctx.teacher.key)
+    trial.set_user_attr(c.MLFLOW_RUN_ID, p.run.run_id)
 
 
-def _fail(trial: optuna.Trial, run: TrialRun | None, reason: str, status: str, tb: str | None = None) -> None:
-    """Record why a trial ended early in both stores; never raises (the original error matters more)."""
-    try:
-        trial.set_user_attr("fail_reason", reason[:2000])
-    except Exception:  # noqa: BLE001
-        pass
-    if run is None:
-        return
-    try:
-        run.tracker.set_tags(run.run_id, {"fail_reason": reason[:4000]})
-        if tb:
-            run.tracker.log_json(run.run_id, "traceback.json", {"traceback": tb})
-        run.finish(status)
-    except Exception:  # noqa: BLE001
-        pass
+def teacher_paths_label(cfg: StudyConfig) -> str:
+    """How a study's SFD students get their teacher paths, as the tables name it."""
+    if not cfg.fw.uses_bank:
+        return "data"
+    return {"seed": "seed bank", "shared": "shared bank", "fresh": "fresh"}[cfg.paths]
 
 
-def objective(trial: optuna.Trial, ctx: StudyContext) -> float:
-    cfg = ctx.config
-    point = space.suggest(trial, cfg)
-    role = trial.user_attrs.get("role", space.SEARCH)
-    fa, fb = point.fitted_ab
-    ctx.current_trial = trial.number
-    # an ablation grid may enqueue a trial with its own NFE and seeds (analysis/ablation.py)
-    nfe = int(trial.user_attrs.get("nfe", cfg.nfe))
-    seeds = [int(s) for s in trial.user_attrs.get("seeds", cfg.seeds)]
-    bank = ctx.banks(nfe) if ctx.banks is not None else None  # one bank per NFE grid, shared by the trials
-    static = dict(
-        role=role, nfe=nfe, framework=cfg.framework, weights_mode=cfg.weights_mode, fitted_a=fa, fitted_b=fb,
-        preset=cfg.preset.name, teacher_key=ctx.teacher.key, seeds=seeds, iterations=cfg.iterations,
-        teacher_paths="bank" if bank is not None else "fresh",
-        worker_pid=os.getpid(), hostname=socket.gethostname(),
-    )
-    for key, value in static.items():
+def distil(plans: list[Plan], ctx: Context) -> None:
+    """Train every seed of every planned trial; students that can train together do so in one batched call."""
+    cfg, fw = ctx.config, ctx.config.fw
+    students = [(p, j, seed) for p in plans for j, seed in enumerate(p.seeds) if p.error is None]
+    groups: dict[Any, list] = {}
+    for p, j, seed in students:
+        dcfg = cfg.trial_config(p.point.branches, p.point.weights, seed, p.nfe, p.length)
+        bank = ctx.paths(p.nfe, p.length, seed)
+        groups.setdefault((id(bank), fw.batch_key(dcfg)), []).append((p, j, dcfg, bank))
+    for members in groups.values():
+        bank = members[0][3]
+        configs = [m[2] for m in members]
+        hooks = [_StepHook(p, j, ctx, dcfg.iterations) for p, j, dcfg, _ in members]
+        results = fw.train_many(ctx.teacher, configs, data=ctx.data, bank=bank, callbacks=hooks)
+        for (p, j, dcfg, _), res in zip(members, results):
+            p.run.flush()
+            if isinstance(res, BaseException):
+                if p.error is None:
+                    p.error = res
+                    p.tb = "".join(traceback.format_exception(res)) if not isinstance(res, optuna.TrialPruned) else None
+                continue
+            if p.error is None:
+                try:
+                    p.scores.append(_evaluate(p, j, res, ctx))
+                except Exception as e:  # noqa: BLE001 - this trial fails (or is pruned); the others go on
+                    p.error, p.tb = e, traceback.format_exc()
+
+
+def _evaluate(p: Plan, j: int, result, ctx: Context) -> dict[str, float]:
+    """Score one student (its seed's own sampling noise) and log its sample grid."""
+    cfg, seed = ctx.config, p.seeds[j]
+    scores = evaluate(result, ctx.evaluator, cfg.preset.fid_samples, seed=EVAL_SEED + seed,
+                      batch_size=cfg.preset.eval_batch)
+    if not math.isfinite(scores["fid"]):
+        raise DivergenceError(f"FID of seed {seed} is {scores['fid']} (the samples are broken)")
+    row = dict(seed=seed, fid=float(scores["fid"]), kid=float(scores["kid"]),
+               samples_per_s=float(scores["samples_per_s"]), train_time_s=result.wall_time_s,
+               train_images_per_s=result.images_per_s, config=result.config)
+    p.run.log_seed(seed, row, result.sample(GRID_SIZE, seed=GRID_SEED, batch_size=GRID_SIZE))
+    return row
+
+
+def _finish(p: Plan, ctx: Context) -> float:
+    """Record a trained trial in both stores; returns its value."""
+    cfg, trial = ctx.config, p.trial
+    per = p.scores
+    fids, kids = [r["fid"] for r in per], [r["kid"] for r in per]
+    final = {
+        c.FID: statistics.fmean(fids), c.KID: statistics.fmean(kids), c.FID_SEEDS: fids, c.KID_SEEDS: kids,
+        c.FID_STD: statistics.stdev(fids) if len(fids) > 1 else float("nan"),
+        c.WALL_TIME_S: time.perf_counter() - p.started, "train_time_s": sum(r["train_time_s"] for r in per),
+        "samples_per_s": statistics.fmean(r["samples_per_s"] for r in per),
+        "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in per),
+    }
+    for key, value in final.items():
         trial.set_user_attr(key, value)
+    value = final[c.FID] if cfg.objective == "fid" else final[c.KID]
+    p.run.finish_trial(final, p.point, cfg, ctx.teacher, per, trial)
+    return value
 
-    run: TrialRun | None = None
-    started = time.perf_counter()
+
+@dataclass
+class Outcome:
+    """How a trial ended: ``state`` is an Optuna TrialState, ``value`` its objective when complete."""
+
+    trial: optuna.Trial
+    state: optuna.trial.TrialState
+    value: float | None = None
+    reason: str | None = None
+
+
+def _outcome(p: Plan, ctx: Context) -> Outcome:
+    from optuna.trial import TrialState
+
+    err = p.error
+    if err is None:
+        try:
+            return Outcome(p.trial, TrialState.COMPLETE, _finish(p, ctx))
+        except Exception as e:  # noqa: BLE001 - recording failed: the trial fails, the study goes on
+            err, p.tb = e, traceback.format_exc()
+    if isinstance(err, optuna.TrialPruned):
+        reason, status, state = str(err) or "pruned", "KILLED", TrialState.PRUNED
+    elif isinstance(err, DivergenceError):
+        reason, status, state = f"diverged: {err}", "FAILED", TrialState.PRUNED
+    else:
+        reason, status, state = f"{type(err).__name__}: {err}", "FAILED", TrialState.FAIL
+    _fail_record(p, reason, status)
+    return Outcome(p.trial, state, None, reason)
+
+
+def _fail_record(p: Plan, reason: str, status: str) -> None:
+    """Why a trial ended early, in both stores; never raises (the original error matters more)."""
     try:
-        label = f"K={point.branches} " + (
-            f"a={point.weights.a:.3g} b={point.weights.b:.3g}" if cfg.weights_mode == "exp"
-            else "w=" + ",".join(f"{w:.2g}" for w in point.weight_values())
-        )
-        run = ctx.tracker.start_trial_run(
-            cfg.study_name, ctx.parent_run_id, trial.number, f"trial-{trial.number:04d} {label}",
-            tags={"role": role, "teacher_key": ctx.teacher.key},
-        )
-        trial.set_user_attr("mlflow_run_id", run.run_id)
-        ctx.tracker.log_params(run.run_id, _trial_params_for_mlflow(trial, point, cfg, ctx, role, nfe, seeds))
+        p.trial.set_user_attr(c.FAIL_REASON, reason[:2000])
+    except Exception:  # noqa: BLE001 - the trial was finished by another process meanwhile
+        pass
+    if p.run is not None:
+        p.run.fail(reason, status, p.tb)
 
-        per_seed: list[dict[str, float]] = []
-        total_steps = cfg.iterations * len(seeds)
-        with tempfile.TemporaryDirectory(prefix="bdense-trial-") as tmp:
-            tmp = Path(tmp)
-            for j, seed in enumerate(seeds):
-                dcfg = cfg.distill_config(point.branches, point.weights, seed, nfe)
-                hook = _StepHook(trial, run, ctx, point.branches, j * cfg.iterations, total_steps,
-                                 may_prune=role == space.SEARCH)
-                result = distill(ctx.teacher, dcfg, data=ctx.data, bank=bank, callback=hook)
-                run.flush()
-                scores = evaluate(result, ctx.evaluator, cfg.preset.fid_samples, seed=EVAL_SEED + j,
-                                  batch_size=cfg.preset.eval_batch)
-                if not math.isfinite(scores["fid"]):
-                    raise DivergenceError(f"FID of seed {seed} is {scores['fid']} (the samples are broken)")
-                row = dict(seed=seed, fid=float(scores["fid"]), kid=float(scores["kid"]),
-                           samples_per_s=float(scores["samples_per_s"]), train_time_s=result.wall_time_s,
-                           train_images_per_s=result.images_per_s)
-                per_seed.append(row)
-                ctx.tracker.log_metrics(run.run_id, {f"fid_seed_{seed}": row["fid"], f"kid_seed_{seed}": row["kid"]})
-                grid = save_sample_grid(result.sample(GRID_SIZE, seed=GRID_SEED, batch_size=GRID_SIZE),
-                                        tmp / f"samples_seed{seed}.png")
-                ctx.tracker.log_artifact(run.run_id, grid)
 
-            fids = [r["fid"] for r in per_seed]
-            kids = [r["kid"] for r in per_seed]
-            fid = statistics.fmean(fids)
-            fid_std = statistics.stdev(fids) if len(fids) > 1 else float("nan")
-            wall = time.perf_counter() - started
-            final = dict(
-                fid=fid, kid=statistics.fmean(kids), fid_seeds=fids, kid_seeds=kids, fid_std=fid_std,
-                wall_time_s=wall, train_time_s=sum(r["train_time_s"] for r in per_seed),
-                samples_per_s=statistics.fmean(r["samples_per_s"] for r in per_seed),
-                train_images_per_s=statistics.fmean(r["train_images_per_s"] for r in per_seed),
-            )
-            for key, value in final.items():
-                trial.set_user_attr(key, value)
-            ctx.tracker.log_metrics(run.run_id, {k: v for k, v in final.items() if not isinstance(v, list)})
-
-            title = f"trial {trial.number} ({role}): K={point.branches}, fitted a={fa:.3g}, b={fb:.3g}"
-            plot = plot_branch_weights(point.weight_values(), (fa, fb), cfg.weights_mode, title,
-                                       tmp / "branch_weights.png")
-            ctx.tracker.log_artifact(run.run_id, plot)
-            resolved = dict(
-                trial=dict(number=trial.number, params=trial.params, role=role, weights=point.weight_values(),
-                           fitted_a=fa, fitted_b=fb),
-                study=cfg.describe(), teacher_key=ctx.teacher.key, teacher=to_jsonable(ctx.teacher.config),
-                distill=[to_jsonable(cfg.distill_config(point.branches, point.weights, s, nfe)) for s in seeds],
-                results=per_seed,
-            )
-            ctx.tracker.log_json(run.run_id, "config.json", resolved)
-        run.finish("FINISHED")
-        return fid
-    except optuna.TrialPruned as e:
-        _fail(trial, run, str(e) or "pruned", "KILLED")
-        raise
-    except DivergenceError as e:
-        _fail(trial, run, f"diverged: {e}", "FAILED")
-        raise optuna.TrialPruned(f"diverged: {e}") from None
+def run_trials(trials: list[optuna.Trial], ctx: Context) -> list[Outcome]:
+    """The objective of ``trials``, trained together: suggest, distil, evaluate, record."""
+    plans = []
+    for trial in trials:
+        p = plan(trial, ctx)  # suggest
+        plans.append(p)
+        try:
+            _record_start(p, ctx)
+        except Exception as e:  # noqa: BLE001 - this trial fails; the others go on
+            p.error, p.tb = e, traceback.format_exc()
+    try:
+        distil(plans, ctx)  # distil + evaluate
     except KeyboardInterrupt:
-        _fail(trial, run, "interrupted (Ctrl-C)", "KILLED")
+        for p in plans:
+            _fail_record(p, "interrupted", "KILLED")
         raise
-    except Exception as e:
-        _fail(trial, run, f"{type(e).__name__}: {e}", "FAILED", traceback.format_exc())
-        raise
-    finally:
-        ctx.current_trial = None
+    return [_outcome(p, ctx) for p in plans]  # record
 
 
-def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float]:
-    def bound(trial: optuna.Trial) -> float:
-        return objective(trial, ctx)
-
-    return bound
+def interrupted(trials: list[optuna.Trial], reason: str) -> None:
+    """Trials stopped from outside (Ctrl-C, SIGTERM): note why (their MLflow runs were closed already)."""
+    for t in trials:
+        try:
+            t.set_user_attr(c.FAIL_REASON, reason)
+        except Exception:  # noqa: BLE001
+            pass

@@ -2,10 +2,14 @@
 
     python study/run.py --n-trials 20                 # default preset: cpu, or fmnist-gpu with CUDA
     python study/run.py --preset tiny --n-trials 3    # seconds; what the tests run
-    python study/run.py --n-trials 10 --workers 2     # two processes on one study
+    python study/run.py --n-trials 100 --confirm-top 5 --confirm-seeds 3     # screen, then confirm at full length
 
-The same command again continues the same study (its name is derived from the settings unless
---study-name is given). Exit status: 0 done, 2 bad input, 130 interrupted (Ctrl-C), 1 otherwise.
+The same command again continues the same study (its name is derived from the settings unless --study-name
+is given). Exit status: 0 done, 2 bad input, 130 interrupted (Ctrl-C; 143 SIGTERM, 129 SIGHUP), 1 otherwise.
+
+The steps, in order: check the inputs and both stores (fast, before any training, so bad input leaves no empty
+study behind), load the teacher, open the study, plan its work (baselines, designed grids), run the trials
+(this process, or ``--workers`` processes), confirm the screen's best at full length if asked, summarise.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable instead of study/
@@ -24,16 +29,17 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     elif _root not in sys.path:
         sys.path.insert(0, _root)
 
-from study.cli import StudyConfig, UsageError, parse_config  # noqa: E402
+from study.config import StudyConfig, UsageError  # noqa: E402
 
-# What a resumed study must share with the command that resumes it (else its FIDs are not comparable).
-COMPATIBLE_ATTRS = ("preset", "framework", "nfe", "weights_mode", "k_choices", "fid_samples", "iterations",
-                    "bank_size")
-MAX_CONSECUTIVE_FAILURES = 3
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 def _err(message: str) -> None:
     print(f"bdense-study: error: {message}", file=sys.stderr, flush=True)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _quiet() -> None:
@@ -42,17 +48,43 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-    warnings.filterwarnings("ignore", message=".*RetryFailedTrialCallback.*")
+    # heartbeats are recorded for ask/tell trials too (study/storage.py), which Optuna warns about
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def make_sampler(config: StudyConfig, n_existing: int):
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP: handled alike (trials failed cleanly, runs closed KILLED)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_interrupt():
+    """SIGTERM and SIGHUP end the command like Ctrl-C does (a second signal is ignored during clean-up)."""
+    def handler(signum, frame):
+        for s in SIGNAL_EXIT:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in SIGNAL_EXIT}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# -- the steps -----------------------------------------------------------------------------------------------
+def make_sampler(config: StudyConfig):
+    """A sampler seeded uniquely per process (host, pid, time), so that processes never draw the same points;
+    constant liar keeps parallel TPE off the points other processes are running."""
     import optuna
 
-    # a different seed per worker and per resume, so that random start-up points are not drawn twice
-    seed = config.seed + 1000 * (config.worker_index or 0) + 7919 * n_existing
+    seed = int.from_bytes(os.urandom(4), "little") ^ os.getpid()
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          constant_liar=config.workers > 1 or config.worker_index is not None)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if config.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if config.sampler == "cmaes":
@@ -63,326 +95,219 @@ def make_sampler(config: StudyConfig, n_existing: int):
 def make_pruner(config: StudyConfig):
     import optuna
 
-    reports = 10 * config.seeds_per_trial  # _StepHook reports about 10 times per seed
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=config.iterations // 2)
     if config.pruner == "hyperband":
         every = max(1, config.iterations // 10)
-        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=every * reports)
+        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=every * 10)
     return optuna.pruners.NopPruner()
 
 
-def _count_trials(storage, name: str) -> int:
+def open_tracker(config: StudyConfig):
+    """The MLflow store, checked before anything is trained or created (a dead server fails in seconds)."""
+    from study.secrets import mask_url
+    from study.tracking import Tracker, TrackingError
+
     try:
-        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+        return Tracker.open(config.mlflow_uri, config.artifact_root)
+    except TrackingError as e:
+        raise UsageError(f"cannot use MLflow tracking URI {mask_url(config.mlflow_uri)!r}: {e}") from None
+
+
+def prepare_teacher(config: StudyConfig, device, announce: bool):
+    """The preset's teacher: the shipped file, the cache, or a training run (announced)."""
+    from bdense_core.teacher import get_teacher
+
+    from bdense_core.teacher import teacher_cache_file
+
+    preset = config.preset
+    shipped = preset.teacher_file and Path(preset.teacher_file).is_file()
+    if announce and not shipped and not teacher_cache_file(preset.teacher, config.cache_root).exists():
+        _note(f"teacher: training the preset {preset.name}'s teacher, {preset.teacher.steps} steps, once (cached under "
+              f"{config.cache_root})")
+    teacher = get_teacher(preset.teacher, preset.teacher_file, device, root=config.cache_root,
+                          progress=announce and sys.stderr.isatty())
+    if announce:
+        how = "shipped with the repository" if preset.teacher_file and teacher.from_cache else (
+            "loaded from cache" if teacher.from_cache else f"trained in {teacher.wall_time_s:.0f} s")
+        _note(f"teacher {teacher.key}: {how}")
+    return teacher
+
+
+def check_resume(config: StudyConfig, storage) -> None:
+    """A study that exists must match this command's settings (checked before any teacher or tracking work)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=config.study_name, storage=storage)
     except KeyError:
-        return 0
-
-
-def check_compatible(study, config: StudyConfig) -> None:
-    held = study.user_attrs
-    if "preset" not in held:
+        return  # a new study
+    held = study.user_attrs.get("compat")
+    if held is None:
+        if study.get_trials(deepcopy=False):
+            raise UsageError(f"study {config.study_name!r} was made by an older bdense-study; analysis/ still reads "
+                             f"it, but new trials need a new --study-name")
         return
-    wanted = dict(preset=config.preset.name, framework=config.framework, nfe=config.nfe,
-                  weights_mode=config.weights_mode, k_choices=list(config.k_choices),
-                  fid_samples=config.preset.fid_samples, iterations=config.iterations,
-                  bank_size=config.preset.bank_size)
-    diff = [f"{k} {held[k]!r} (asked: {wanted[k]!r})" for k in COMPATIBLE_ATTRS if k in held and held[k] != wanted[k]]
+    diff = [f"{k} {held[k]!r} (asked: {v!r})" for k, v in config.compatibility().items() if k in held and held[k] != v]
     if diff:
         raise UsageError(f"study {config.study_name!r} was run with other settings: {'; '.join(diff)}; "
                          f"use the same settings or a new --study-name")
 
 
-def prepare_teacher(config: StudyConfig, device, live: bool):
-    from bdense_core.teacher import load_teacher, train_teacher
-
-    preset = config.preset
-    if preset.teacher_file and Path(preset.teacher_file).is_file():
-        teacher = load_teacher(preset.teacher_file, device)
-        if teacher.key == preset.teacher.key:  # the shipped teacher of exactly this config
-            teacher.from_cache = True
-            return teacher
-    if config.worker_index is None:
-        print(f"teacher: preset {preset.name}, {preset.teacher.steps} steps (cached under {config.cache_root})",
-              file=sys.stderr, flush=True)
-    teacher = train_teacher(preset.teacher, device, root=config.cache_root, progress=live)
-    if config.worker_index is None:
-        how = "loaded from cache" if teacher.from_cache else f"trained in {teacher.wall_time_s:.0f} s"
-        print(f"teacher {teacher.key}: {how}", file=sys.stderr, flush=True)
-    return teacher
-
-
-def close_orphan_runs(tracker, study) -> None:
-    """MLflow runs of trials that Optuna failed for a dead process are still RUNNING: close them."""
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if not run_id:
-            continue
-        try:
-            if tracker.client.get_run(run_id).info.status == "RUNNING":
-                tracker.set_tags(run_id, {"fail_reason": t.user_attrs.get("fail_reason", "process died")[:4000]})
-                tracker.set_status(run_id, "FAILED")
-        except Exception:  # noqa: BLE001 - the run lives in another store
-            pass
-
-
-def _fail_running_of_this_process(study) -> int | None:
-    """After Ctrl-C: no trial of this process may stay RUNNING (Optuna usually failed it already)."""
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker_pid") == os.getpid():
-            try:
-                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except Exception:  # noqa: BLE001
-                pass
-            return t.number
-    return None
-
-
-class _FailureGuard:
-    """Stops the study after several trials in a row failed with an error (a bug, not a bad point)."""
-
-    def __init__(self):
-        self.streak = 0
-        self.tripped = False
-
-    def __call__(self, study, trial) -> None:
-        from optuna.trial import TrialState
-
-        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
-        if self.streak >= MAX_CONSECUTIVE_FAILURES:
-            self.tripped = True
-            study.stop()
-
-
-def _queued_nfes(study) -> set[int]:
-    """NFEs of enqueued trials that run at their own NFE (the nfe ablation)."""
-    from optuna.trial import TrialState
-
-    return {int(t.user_attrs["nfe"]) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if "nfe" in t.user_attrs}
-
-
-def make_bank_provider(config: StudyConfig, teacher, announce: bool):
-    """NFE -> the study's shared trajectory bank on that NFE's grid (SFD with bank_size > 0), else None.
-
-    A bank is built once, saved in the cache and loaded by every other process of the study; it keeps only
-    the teacher states that the study's K choices train on."""
-    fw = config.fw
-    if not fw.uses_bank or config.preset.bank_size <= 0:
-        return None
-    from bdense_core.schedule import BranchWeights
-
-    banks: dict[int, object] = {}
-
-    def get(nfe: int):
-        if nfe not in banks:
-            grid_config = config.distill_config(max(config.k_choices), BranchWeights(), config.seed, nfe)
-            if announce:
-                print(f"teacher trajectories: a bank of {config.preset.bank_size} at NFE {nfe} (cached in "
-                      f"{config.cache_root / 'banks'})", file=sys.stderr, flush=True)
-            banks[nfe] = fw.shared_paths(teacher, grid_config, size=config.preset.bank_size,
-                                         seed=config.seed + 10_007, root=config.cache_root,
-                                         k_choices=tuple(config.k_choices))
-        return banks[nfe]
-
-    return get
-
-
-def run_study(config: StudyConfig, storage) -> int:
+def open_study(config: StudyConfig, storage, teacher):
+    """Create or load the study (its settings were checked by :func:`check_resume`); the teacher must match."""
     import optuna
 
+    from study import contract as c
+
+    study = optuna.create_study(study_name=config.study_name, storage=storage, sampler=make_sampler(config),
+                                pruner=make_pruner(config), direction="minimize", load_if_exists=True)
+    if study.user_attrs.get(c.STUDY_TEACHER_KEY, teacher.key) != teacher.key:
+        raise UsageError(f"study {config.study_name!r} used teacher {study.user_attrs[c.STUDY_TEACHER_KEY]}, this "
+                         f"preset gives {teacher.key}; use a new --study-name")
+    return study
+
+
+def record_study(study, config: StudyConfig, teacher, tracker, experiment_id: str, parent_run_id: str,
+                 teacher_run_id: str) -> None:
+    """The study's user attributes (the contract's names): what every trial shares and where the runs are."""
+    from study import contract as c
+    from study.secrets import mask_url
+
+    attrs = {
+        "compat": config.compatibility(), c.STUDY_PRESET: config.preset.name, c.STUDY_FRAMEWORK: config.framework,
+        c.STUDY_NFE: config.nfe, c.STUDY_K_CHOICES: list(config.k_choices), c.STUDY_WEIGHTS_MODE: config.weights_mode,
+        c.STUDY_FID_SAMPLES: config.preset.fid_samples, c.STUDY_FID_REFERENCE: config.preset.fid_reference,
+        c.STUDY_TEACHER_KEY: teacher.key, c.STUDY_MLFLOW_URI: mask_url(config.mlflow_uri),
+        c.STUDY_MLFLOW_EXPERIMENT_ID: experiment_id, c.STUDY_MLFLOW_PARENT_RUN_ID: parent_run_id,
+        "mlflow_teacher_run_id": teacher_run_id, c.OBJECTIVE: config.objective, "seeds_per_trial": config.seeds_per_trial,
+        "paths": config.paths, **config.settings(),
+    }
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def plan_work(study, config: StudyConfig) -> None:
+    """Queue what the command must run besides the search: the baselines, and a designed grid if asked."""
+    from study import contract as c
+    from study import space
+
+    queued = space.enqueue_baselines(study, config, {c.FIDELITY: config.length, c.SEEDS: config.seeds})
+    if queued:
+        _note(f"queued baselines: {', '.join(queued)}")
+    if config.ablation:
+        from study.designs import best_bdense_params, enqueue_ablation
+
+        n = enqueue_ablation(study, config.ablation, config.k_choices, best_params=best_bdense_params(study),
+                             seeds=config.ablation_seeds)
+        _note(f"queued ablation '{config.ablation}': {n} configurations")
+
+
+def plan_confirmation(study, config: StudyConfig) -> int:
+    """Queue the full-length confirmation of the screen's top configurations and both baselines (missing
+    (configuration, seed) pairs only); returns how many trials were queued."""
+    from study.confirm import enqueue_confirmation
+
+    n = enqueue_confirmation(study, config)
+    if n:
+        _note(f"queued confirmation: the top {config.confirm_top} configurations and both baselines at "
+              f"{config.confirm_length} length, seeds {config.confirm_seed_list}: {n} trials")
+    return n
+
+
+def run_phase(config: StudyConfig, study, n_trials: int, stores, reporter) -> tuple[int, object]:
+    """Run ``n_trials`` trials here or in ``--workers`` processes; returns (exit code, tally)."""
+    from study.workers import run_here, supervise
+
+    if config.workers > 1:
+        return supervise(config, study, n_trials, stores, reporter)
+    return run_here(config, study, n_trials, stores, reporter)
+
+
+def run_study(config: StudyConfig) -> int:
     from bdense_core.runtime import best_device
 
-    from study import space
-    from study.objective import StudyContext, make_objective
+    from study.storage import open_study_storage
     from study.summary import ProgressReporter, print_summary, study_summary
-    from study.storage import fail_stale_trials
-    from study.tracking import Tracker
-    from study.workers import WorkerPool
 
-    is_worker = config.worker_index is not None
-    live = sys.stdout.isatty() and not is_worker
     started = time.monotonic()
-    if os.environ.get("BDENSE_NUM_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["BDENSE_NUM_THREADS"]))
     config.runs_dir.mkdir(parents=True, exist_ok=True)
+    storage, heartbeat = open_study_storage(config.storage_url, config.study_name, config.heartbeat_interval)
+    if heartbeat.interval != config.heartbeat_interval and "--heartbeat-interval" in config.argv:
+        _note(f"note: the study keeps its own heartbeat: every {heartbeat.interval} s, stale after {heartbeat.grace:.0f} s")
+    check_resume(config, storage)
+    tracker = open_tracker(config)
+    device = best_device(config.device)
+    teacher = prepare_teacher(config, device, announce=True)
+    study = open_study(config, storage, teacher)
 
-    n_existing = _count_trials(storage, config.study_name)
-    study = optuna.create_study(
-        study_name=config.study_name, storage=storage, sampler=make_sampler(config, n_existing),
-        pruner=make_pruner(config), direction="minimize", load_if_exists=True,
-    )
-    check_compatible(study, config)
+    experiment_id = tracker.use_experiment(config.study_name)
+    parent_run_id = tracker.parent_run(config.study_name, study.user_attrs.get("mlflow_parent_run_id"),
+                                       params=config.describe())
+    teacher_run_id = tracker.teacher_run(teacher, config.study_name, parent_run_id)
+    record_study(study, config, teacher, tracker, experiment_id, parent_run_id, teacher_run_id)
+    tracker.set_status(parent_run_id, "RUNNING")
+    plan_work(study, config)
+
+    stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, parent_run_id=parent_run_id, teacher=teacher)
+    reporter = ProgressReporter(config.n_trials, study, live=sys.stdout.isatty())
+    code, tally = 0, None
     try:
-        device = best_device(config.device)
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(str(e)) from None
-    if device.type == "cuda":
-        import torch
-
-        torch.backends.cudnn.benchmark = True  # fixed shapes within a trial: let cuDNN pick its kernels
-
-    teacher = prepare_teacher(config, device, live)
-    if "teacher_key" in study.user_attrs and study.user_attrs["teacher_key"] != teacher.key:
-        raise UsageError(f"study {config.study_name!r} used teacher {study.user_attrs['teacher_key']}, this preset "
-                         f"gives {teacher.key}; use a new --study-name")
-
-    try:
-        tracker = Tracker(config.mlflow_uri, config.artifact_root)
-        experiment_id = tracker.use_experiment(config.study_name)
-        parent_run_id = tracker.parent_run(config.study_name, study.user_attrs.get("mlflow_parent_run_id"),
-                                           params=config.describe())
-    except Exception as e:  # noqa: BLE001 - an unusable tracking URI is bad input
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot use MLflow tracking URI {config.mlflow_uri!r}: {reason}") from None
-
-    if not is_worker:
-        teacher_run_id = tracker.teacher_run(teacher, config.study_name, parent_run_id)
-        attrs = dict(
-            preset=config.preset.name, framework=config.framework, nfe=config.nfe,
-            fid_samples=config.preset.fid_samples, fid_reference=config.preset.fid_reference,
-            teacher_key=teacher.key, mlflow_experiment_id=experiment_id, mlflow_parent_run_id=parent_run_id,
-            mlflow_teacher_run_id=teacher_run_id, mlflow_uri=config.mlflow_uri, k_choices=list(config.k_choices),
-            weights_mode=config.weights_mode, iterations=config.iterations, seeds_per_trial=config.seeds_per_trial,
-            bank_size=config.preset.bank_size,
-            teacher_substeps=config.teacher_substeps,
-        )
-        for key, value in attrs.items():
-            if study.user_attrs.get(key) != value:
-                study.set_user_attr(key, value)
-        tracker.set_status(parent_run_id, "RUNNING")
-        fail_stale_trials(study)
-        close_orphan_runs(tracker, study)
-        queued = space.enqueue_baselines(study, config)
-        if queued:
-            print(f"queued baselines: {', '.join(queued)}", file=sys.stderr, flush=True)
-        if config.ablation:
-            from analysis.ablation import best_bdense_params, enqueue_ablation
-
-            n = enqueue_ablation(study, config.ablation, config.k_choices, best_params=best_bdense_params(study),
-                                 seeds=config.ablation_seeds)
-            print(f"queued ablation '{config.ablation}': {n} configurations", file=sys.stderr, flush=True)
-
-    banks = make_bank_provider(config, teacher, announce=not is_worker)
-    if banks is not None and not is_worker:
-        for nfe in sorted({config.nfe} | _queued_nfes(study)):
-            banks(nfe)  # built (or loaded) once here; the workers load it from the cache
-        if config.workers > 1:
-            banks = None  # this process only supervises; free the GPU memory for the workers
-            import gc
-
-            gc.collect()
-
-    from bdense_core.evaluate import make_evaluator
-
-    evaluator = make_evaluator(config.preset.data, config.preset.fid_reference, device, root=config.cache_root)
-    finished_before = {t.number for t in study.get_trials(deepcopy=False)
-                       if t.state.is_finished()}
-    reporter = ProgressReporter(config.n_trials, study, live=live)
-    code = 0
-    guard = _FailureGuard()
-    try:
-        if config.workers > 1 and not is_worker:
-            del evaluator  # the reference statistics are cached now; each worker loads its own evaluator
-            pool = WorkerPool(config, study, reporter, on_stale=lambda: close_orphan_runs(tracker, study))
-            with reporter:
-                code = pool.run()
-            close_orphan_runs(tracker, study)
-        else:
-            data = None
-            if config.fw.needs_data:
-                from bdense_core.data import load_images
-
-                data = load_images(config.preset.data)
-            ctx = StudyContext(config, teacher, evaluator, tracker, parent_run_id, data=data, banks=banks,
-                               on_step=reporter.on_step)
-            with reporter:
-                study.optimize(make_objective(ctx), n_trials=config.n_trials, timeout=config.timeout,
-                               catch=(Exception,), callbacks=[reporter.trial_finished, guard])
-            if guard.tripped:
-                _err(f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed; stopped. Last reason: "
-                     f"{study.trials[-1].user_attrs.get('fail_reason', '?')}")
-                code = 1
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
-        number = _fail_running_of_this_process(study)
-        if not is_worker:
-            close_orphan_runs(tracker, study)
-            tracker.set_status(parent_run_id, "KILLED")
-        kept = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-        which = f"trial #{number} marked failed; " if number is not None else ""
-        print(f"interrupted: {which}{kept} finished trials kept in {config.storage_url} and {config.mlflow_uri}; "
-              f"run the same command to continue", file=sys.stderr, flush=True)
-        return 130
-
-    if code == 130:
+        with reporter:
+            if config.n_trials:
+                code, tally = run_phase(config, study, config.n_trials, stores, reporter)
+            if config.confirm_top and code == 0:
+                n = plan_confirmation(study, config)
+                if n:
+                    reporter.extend(n)
+                    code, more = run_phase(config, study, n, stores, reporter)
+                    tally = more if tally is None else tally.merged(more)
+    except Interrupted as e:
         tracker.set_status(parent_run_id, "KILLED")
-        kept = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-        print(f"interrupted: {kept} finished trials kept in {config.storage_url} and {config.mlflow_uri}; "
-              f"run the same command to continue", file=sys.stderr, flush=True)
-        return 130
-    if is_worker:
-        return code
-
-    ran_now = sum(1 for t in study.get_trials(deepcopy=False)
-                  if t.state.is_finished() and t.number not in finished_before)
-    summary = study_summary(study, config, ran_now, time.monotonic() - started)
+        _note(interrupted_line(config, study, tally, reporter))
+        return SIGNAL_EXIT.get(e.signum, 130)
+    summary = study_summary(study, config, reporter.mine, time.monotonic() - started)
     print_summary(summary, config)
-    try:
-        metrics = {"n_trials": summary["trials"], "n_complete": summary["states"]["complete"]}
-        if summary["best"]:
-            metrics["best_fid"] = summary["best"]["fid"]
-        if summary["baseline_k1"]:
-            metrics["baseline_k1_fid"] = summary["baseline_k1"]["fid"]
-        if summary["improvement"]:
-            metrics["improvement_fid"] = summary["improvement"]["delta_fid"]
-        tracker.log_metrics(parent_run_id, metrics, step=summary["trials"])
-        tracker.log_json(parent_run_id, "summary.json", summary)
-        tracker.set_status(parent_run_id, "FINISHED" if code == 0 else "FAILED")
-    except Exception as e:  # noqa: BLE001 - the study itself is saved; only the parent run's summary is missing
-        _err(f"could not write the summary to MLflow: {e}")
+    tracker.finish_study(parent_run_id, summary, ok=code == 0)
     return code
 
 
+def interrupted_line(config: StudyConfig, study, tally, reporter) -> str:
+    from study.secrets import mask_url
+
+    kept = reporter.count("COMPLETE")
+    failed = reporter.interrupted
+    which = f"trial{'s' if len(failed) != 1 else ''} #{', #'.join(map(str, failed))} marked failed; " if failed else ""
+    return (f"interrupted: {which}{kept} complete trial{'s' if kept != 1 else ''} of this command kept in "
+            f"{mask_url(config.storage_url)} and {mask_url(config.mlflow_uri)}; run the same command to continue")
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_config(argv)
-    except UsageError as e:
-        _err(str(e))
-        return 2
-    _quiet()
-    from study.storage import StorageError, open_storage
+    from study.cli import parse_config
 
-    try:
-        storage = open_storage(config.storage_url, config.heartbeat_interval)
-    except StorageError as e:
-        _err(str(e))
-        return 2
-    from bdense_core.data import DatasetError
-
-    usage_errors: tuple[type[BaseException], ...] = (UsageError, DatasetError, FileNotFoundError)
-    try:
+    with signals_as_interrupt():
+        try:
+            config = parse_config(argv)
+        except UsageError as e:
+            _err(str(e))
+            return 2
+        except Interrupted as e:
+            return SIGNAL_EXIT.get(e.signum, 130)
+        _quiet()
+        from bdense_core.data import DatasetError
         from bdense_core.fid import InceptionNotFound
+        from bdense_core.teacher import TeacherFileError
+        from study.storage import StorageError
 
-        usage_errors += (InceptionNotFound,)
-    except ImportError:
-        pass
-    try:
-        return run_study(config, storage)
-    except usage_errors as e:
-        _err(str(e))
-        return 2
-    except KeyboardInterrupt:  # outside a trial (teacher training, start-up)
-        print("interrupted before the trials started; nothing lost (the teacher resumes from its checkpoint)",
-              file=sys.stderr, flush=True)
-        return 130
+        try:
+            return run_study(config)
+        except (UsageError, StorageError, DatasetError, InceptionNotFound, TeacherFileError) as e:
+            _err(str(e))
+            return 2
+        except Interrupted as e:  # outside the trials (teacher training, start-up)
+            _note("interrupted before the trials started; nothing lost (the teacher resumes from its checkpoint)")
+            return SIGNAL_EXIT.get(e.signum, 130)
 
 
 if __name__ == "__main__":

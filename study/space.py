@@ -1,24 +1,25 @@
-"""The search space: K (categorical over the study's K choices) and the branch weights.
+"""The search space: K (categorical over the study's K > 1 choices) and the branch weights.
 
 ``--weights exp``: ``a`` uniform in ``--a-range`` and ``b`` log-uniform in ``--b-range``, ``w_k = b exp(a k)``.
 ``--weights free``: ``w1 .. wK`` each log-uniform in ``--w-range``; their (a, b) is fitted afterwards.
-Trial parameter names are part of the storage contract read by ``analysis/``: ``K``, ``a``, ``b`` or
-``w1..wK``.
+
+K = 1 is never searched: with one branch the weights only scale the loss, to which Adam is invariant, so every
+K = 1 trial is a replicate of the baseline. K = 1 trials are enqueued (the baseline, designed grids, the
+confirmation) without parameters and carry ``K = 1`` as a user attribute; :func:`enqueue` does that for any
+caller. Parameter and attribute names are the study contract's (``study/contract.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import optuna
 
 from bdense_core.schedule import BranchWeights
 
-from .cli import StudyConfig
-
-BASELINE_K1 = "baseline-k1"
-BASELINE_UNIFORM = "baseline-uniform"
-SEARCH = "search"
+from . import contract as c
+from .config import StudyConfig
 
 
 @dataclass(frozen=True)
@@ -35,47 +36,71 @@ class TrialPoint:
     def weight_values(self) -> list[float]:
         return [float(w) for w in self.weights.weights(self.branches)]
 
+    @property
+    def label(self) -> str:
+        if self.branches == 1:
+            return "K=1"
+        if self.weights.mode == "exp":
+            return f"K={self.branches} a={self.weights.a:.3g} b={self.weights.b:.3g}"
+        return f"K={self.branches} w=" + ",".join(f"{w:.2g}" for w in self.weight_values())
+
 
 def suggest(trial: optuna.Trial, config: StudyConfig) -> TrialPoint:
     """Draw (or read back, for enqueued and retried trials) K and the weights of ``trial``."""
-    k = int(trial.suggest_categorical("K", list(config.k_choices)))
+    if int(trial.user_attrs.get(c.PARAM_K, 0)) == 1:
+        return TrialPoint(1, BranchWeights())
+    k = int(trial.suggest_categorical(c.PARAM_K, list(config.search_k_choices)))
     if config.weights_mode == "exp":
-        a = trial.suggest_float("a", *config.a_range)
-        b = trial.suggest_float("b", *config.b_range, log=True)
+        a = trial.suggest_float(c.PARAM_A, *config.a_range)
+        b = trial.suggest_float(c.PARAM_B, *config.b_range, log=True)
         return TrialPoint(k, BranchWeights(mode="exp", a=a, b=b))
-    values = tuple(trial.suggest_float(f"w{j}", *config.w_range, log=True) for j in range(1, k + 1))
+    values = tuple(trial.suggest_float(c.weight_param(j), *config.w_range, log=True) for j in range(1, k + 1))
     return TrialPoint(k, BranchWeights(mode="free", values=values))
+
+
+def point_params(branches: int, weights_mode: str, a: float = 0.0, b: float = 1.0,
+                 free: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """The trial params of a fixed configuration (empty for K = 1, see the module docstring)."""
+    if branches == 1:
+        return {}
+    if weights_mode == "free":
+        import math
+
+        ws = free if free is not None and len(free) == branches else tuple(b * math.exp(a * j) for j in range(1, branches + 1))
+        return {c.PARAM_K: branches, **{c.weight_param(j): float(w) for j, w in enumerate(ws, 1)}}
+    return {c.PARAM_K: branches, c.PARAM_A: float(a), c.PARAM_B: float(b)}
+
+
+def enqueue(study: optuna.Study, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> None:
+    """Enqueue one fixed configuration; a K = 1 configuration goes in without params and with ``K = 1``."""
+    params = dict(params)
+    attrs = dict(user_attrs)
+    if int(params.get(c.PARAM_K, attrs.get(c.PARAM_K, 0)) or 0) == 1:
+        params, attrs[c.PARAM_K] = {}, 1
+    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
 
 def baseline_params(config: StudyConfig) -> list[tuple[str, dict]]:
     """The baselines every study starts with: plain distillation (K = 1) and uniform weights at the largest K."""
+    out = [(c.ROLE_BASELINE_K1, {c.PARAM_K: 1})]
     k_max = max(config.k_choices)
-
-    def params(k: int) -> dict:
-        if config.weights_mode == "exp":
-            return {"K": k, "a": 0.0, "b": 1.0}
-        return {"K": k, **{f"w{j}": 1.0 for j in range(1, k + 1)}}
-
-    out = []
-    if 1 in config.k_choices:
-        out.append((BASELINE_K1, params(1)))
     if k_max > 1:
-        out.append((BASELINE_UNIFORM, params(k_max)))
+        out.append((c.ROLE_BASELINE_UNIFORM, point_params(k_max, config.weights_mode, 0.0, 1.0,
+                                                           (1.0,) * k_max)))
     return out
 
 
-def enqueue_baselines(study: optuna.Study, config: StudyConfig) -> list[str]:
-    """Queue the baselines that the study does not hold yet (queued, running, finished or pruned).
-
-    A baseline whose only attempts failed (Ctrl-C, a crash) is queued again; a pruned one (it diverged) is not.
-    Returns the roles queued now.
-    """
+def enqueue_baselines(study: optuna.Study, config: StudyConfig, attrs: Mapping[str, Any]) -> list[str]:
+    """Queue the baselines the study does not hold yet (queued, running, finished or pruned) at the search's
+    fidelity. A baseline whose only attempts failed (Ctrl-C, a crash) is queued again; a pruned one is not.
+    Returns the roles queued now."""
     keep = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING,
             optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    present = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False, states=keep)}
+    present = {t.user_attrs.get(c.ROLE) for t in study.get_trials(deepcopy=False, states=keep)
+               if c.fidelity_of(t.user_attrs) == attrs.get(c.FIDELITY, c.SCREEN)}
     queued = []
     for role, params in baseline_params(config):
         if role not in present:
-            study.enqueue_trial(params, user_attrs={"role": role})
+            enqueue(study, params, {**attrs, c.ROLE: role})
             queued.append(role)
     return queued

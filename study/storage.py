@@ -29,6 +29,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from .contract import PLAN_ATTRS
+
 HEARTBEAT_ATTR = "bdense:heartbeat"
 GRACE_FACTOR = 4  # a trial is stale after GRACE_FACTOR heartbeat intervals without a beat
 MAX_RETRY = 3
@@ -53,7 +55,7 @@ def retry_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> N
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={"role": trial.user_attrs.get("role", "search"), "retry_of": history[0]},
+            user_attrs={**{k: trial.user_attrs[k] for k in PLAN_ATTRS if k in trial.user_attrs}, "retry_of": history[0]},
             system_attrs={"failed_trial": history[0], "retry_history": history},
         )
     )
@@ -212,3 +214,87 @@ def storage_location(url: str) -> str:
     """A human-readable place for the summary (the file path for journal storages)."""
     path = _journal_path(url)
     return str(path) if path is not None else url
+
+
+# -- interim study-level API (the storage rework replaces these) ----------------------------------------------
+import threading  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: int
+    grace: float
+
+
+def open_study_storage(url: str, study_name: str, heartbeat_interval: int):
+    settings = HeartbeatSettings(heartbeat_interval, GRACE_FACTOR * heartbeat_interval)
+    return open_storage(url, heartbeat_interval), settings
+
+
+class HeartbeatKeeper:
+    """Beats for the trials this process runs, from a background thread."""
+
+    def __init__(self, storage, study, settings):
+        self.storage, self.study, self.settings = storage, study, settings
+        self.numbers: set[int] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._study_id = storage.get_study_id_from_name(study.study_name)
+
+    def __contains__(self, number: int) -> bool:
+        return number in self.numbers
+
+    def add(self, numbers) -> None:
+        with self._lock:
+            self.numbers.update(numbers)
+        self._beat(list(numbers))
+
+    def discard(self, numbers) -> None:
+        with self._lock:
+            self.numbers.difference_update(numbers)
+
+    def _beat(self, numbers) -> None:
+        for n in numbers:
+            try:
+                tid = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, n)
+                self.storage.record_heartbeat(tid)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.interval):
+            with self._lock:
+                numbers = list(self.numbers)
+            self._beat(numbers)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def fail_stale(study) -> list[str]:
+    numbers = set(fail_stale_trials(study))
+    return [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
+            if t.number in numbers and t.user_attrs.get("mlflow_run_id")]
+
+
+def fail_dead_owner(study, pid: int, reason: str) -> list[str]:
+    run_ids = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker_pid") != pid:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            study.tell(t.number, state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001
+            continue
+        retry_stale_trial(study, study._storage.get_trial(t._trial_id))
+        if t.user_attrs.get("mlflow_run_id"):
+            run_ids.append(t.user_attrs["mlflow_run_id"])
+    return run_ids

@@ -1,19 +1,23 @@
-"""The live progress line (trial i/N, best FID so far, ETA) and the table printed at the end of a study."""
+"""The live progress line (trial i/N, best so far, ETA) and the table printed at the end of a study.
+
+The end-of-study table uses the contract's one rule for "best" and "improvement" (``study/contract.py``), the
+same as the report and the notebooks, and ends with where to look: the exact ``mlflow ui``, optuna-dashboard
+and ``python -m analysis.report`` commands for the study that just ran.
+"""
 
 from __future__ import annotations
 
 import math
 import shlex
-import statistics
 import sys
 import time
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from . import space
-from .cli import StudyConfig
-from .storage import storage_location
+from . import contract as c
+from .config import StudyConfig
+from .secrets import mask_url
 from .tracking import is_local_store
 
 
@@ -27,42 +31,37 @@ def _fmt_time(seconds: float | None) -> str:
 
 
 def describe_point(t: FrozenTrial) -> str:
-    p = t.params
-    if "K" not in p:
+    rec = c.trial_record(t)
+    k = rec.get(c.PARAM_K)
+    if k is None:
         return ""
-    if "a" in p:
-        return f"K={p['K']} a={p['a']:.3g} b={p['b']:.3g}"
-    ws = [p[f"w{j}"] for j in range(1, int(p["K"]) + 1) if f"w{j}" in p]
-    return f"K={p['K']} w=" + ",".join(f"{w:.2g}" for w in ws)
+    return c.describe_config(c.config_key(rec)).replace(", ", " ")
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The complete trial with the lowest FID at the study's own NFE.
-
-    Trials of the nfe ablation run at other NFEs (their ``nfe`` user attribute); a student with more steps is
-    not a better setting of K, a and b, so they never count as the study's best."""
-    from analysis.ablation import runs_at_nfe
-
-    nfe = study.user_attrs.get("nfe")
+    """The complete trial with the lowest value at the study's own NFE and the search's fidelity (live line)."""
+    nfe = study.user_attrs.get(c.STUDY_NFE)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and runs_at_nfe(t, nfe)]
+            if t.value is not None and c.nfe_of(t.user_attrs, nfe) == nfe and c.fidelity_of(t.user_attrs) == c.SCREEN]
     return min(done, key=lambda t: t.value) if done else None
 
 
 class ProgressReporter:
-    """A rich progress bar on a terminal, one plain line per finished trial elsewhere (logs, tests)."""
+    """A rich progress bar on a terminal, one plain line per finished trial elsewhere (logs, tests). Counts only
+    this command's trials."""
 
     def __init__(self, n_trials: int, study: optuna.Study, live: bool | None = None, stream=None):
         self.n = n_trials
         self.study = study
-        self.done = 0
+        self.mine: dict[int, str] = {}  # trial number -> final state, of this command's trials
         self.started = time.monotonic()
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
+        self.loop = None
         self._progress = None
         self._task = None
         self._step_task = None
-        self._seen: set[int] = set()
+        self.objective = study.user_attrs.get(c.OBJECTIVE, "fid").upper()
 
     def __enter__(self) -> "ProgressReporter":
         if self.live:
@@ -84,9 +83,26 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.stop()
 
+    def extend(self, n: int) -> None:
+        """``n`` more trials (the confirmation) belong to this command."""
+        self.n += n
+        if self._progress is not None:
+            self._progress.update(self._task, total=self.n)
+
+    @property
+    def done(self) -> int:
+        return len(self.mine)
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.mine.values() if s == state)
+
+    @property
+    def interrupted(self) -> list[int]:
+        return sorted(n for n, s in self.mine.items() if s == "FAIL")
+
     def _best_text(self) -> str:
         best = best_trial(self.study)
-        return f"best FID {best.value:.3f} (#{best.number})" if best is not None else "best FID -"
+        return f"best {self.objective} {best.value:.4g} (#{best.number})" if best is not None else f"best {self.objective} -"
 
     def eta(self) -> float | None:
         if self.done == 0:
@@ -100,72 +116,87 @@ class ProgressReporter:
                                   description=f"  trial #{trial_number}", info=f"loss {rec.get('loss', float('nan')):.4g}")
 
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna callback (also called by the worker supervisor for trials finished by other processes)."""
-        if trial.number in self._seen:
+        """Called once per finished trial of this command (by the loop, or by the worker supervisor)."""
+        if trial.number in self.mine:
             return
-        self._seen.add(trial.number)
-        self.done += 1
+        self.mine[trial.number] = trial.state.name
         if self._progress is not None:
             self._progress.update(self._task, completed=min(self.done, self.n), info=self._best_text())
             self._progress.update(self._step_task, visible=False)
             if trial.state != TrialState.COMPLETE:
                 self._progress.console.print(f"trial #{trial.number} {trial.state.name}: "
-                                             f"{trial.user_attrs.get('fail_reason', '')}")
+                                             f"{trial.user_attrs.get(c.FAIL_REASON, '')}")
             return
         if trial.state == TrialState.COMPLETE:
-            result = f"FID {trial.value:.3f}"
+            result = f"{self.objective} {trial.value:.4g}"
+            if self.objective != "FID" and trial.user_attrs.get(c.FID) is not None:
+                result += f" (FID {trial.user_attrs[c.FID]:.2f})"
         else:
-            result = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', '')}"
-        role = trial.user_attrs.get("role", "search")
+            result = f"{trial.state.name}: {trial.user_attrs.get(c.FAIL_REASON, '')}"
+        role = trial.user_attrs.get(c.ROLE, c.ROLE_SEARCH)
+        fid = c.fidelity_of(trial.user_attrs)
         elapsed = time.monotonic() - self.started
         print(
-            f"[trial {self.done}/{self.n}] #{trial.number} {role} {describe_point(trial)}  {result}  | "
-            f"{self._best_text()}  | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(self.eta())}",
+            f"[trial {self.done}/{self.n}] #{trial.number} {role}{'' if fid == c.SCREEN else f' ({fid})'} "
+            f"{describe_point(trial)}  {result}  | {self._best_text()}  | {_fmt_time(elapsed)} elapsed, "
+            f"ETA {_fmt_time(self.eta())}",
             file=self.stream, flush=True,
         )
 
 
-def mlflow_ui_command(config: StudyConfig) -> str:
+# -- where to look -------------------------------------------------------------------------------------------
+def commands(config: StudyConfig) -> dict[str, str]:
+    """The exact commands that open this study's stores and write its report."""
+    q = shlex.quote
+    storage = mask_url(config.storage_url)
     if is_local_store(config.mlflow_uri):
-        return (f"mlflow ui --backend-store-uri {shlex.quote(config.mlflow_uri)} "
-                f"--default-artifact-root {shlex.quote(str(config.artifact_root))}")
-    return f"open {config.mlflow_uri} in a browser (an MLflow tracking server)"
+        mlflow = (f"mlflow ui --backend-store-uri {q(config.mlflow_uri)} "
+                  f"--default-artifact-root {q(str(config.artifact_root))}")
+    else:
+        mlflow = f"open {mask_url(config.mlflow_uri)} in a browser (an MLflow tracking server)"
+    dashboard_storage = storage[len("journal:"):] if storage.startswith("journal:") else storage
+    return dict(
+        mlflow=mlflow,
+        dashboard=f"optuna-dashboard {q(dashboard_storage)}",
+        report=(f"python -m analysis.report --study {q(config.study_name)} --storage {q(storage)} "
+                f"--tracking-uri {q(mask_url(config.mlflow_uri))} --out {q(str(config.runs_dir / 'report'))}"),
+    )
 
 
-def study_summary(study: optuna.Study, config: StudyConfig, ran_now: int, wall_s: float) -> dict:
+def study_summary(study: optuna.Study, config: StudyConfig, mine: dict[int, str], wall_s: float) -> dict:
     """The numbers of the final table as a dict (also stored as the parent run's summary.json)."""
     trials = study.get_trials(deepcopy=False)
+    records = [c.trial_record(t) for t in trials]
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-
-    def baseline(role: str) -> FrozenTrial | None:
-        rows = [t for t in complete if t.user_attrs.get("role") == role]
-        return min(rows, key=lambda t: t.value) if rows else None
-
-    best, k1, uniform = best_trial(study), baseline(space.BASELINE_K1), baseline(space.BASELINE_UNIFORM)
-    out: dict = dict(
-        study=config.study_name, trials=len(trials), states=by_state, ran_now=ran_now, wall_time_s=wall_s,
-        best=None, baseline_k1=None, baseline_uniform=None, improvement=None,
-        optuna_storage=config.storage_url, mlflow_uri=config.mlflow_uri,
-        mlflow_experiment_id=study.user_attrs.get("mlflow_experiment_id"),
-        mlflow_parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
-        teacher_key=study.user_attrs.get("teacher_key"), mlflow_ui=mlflow_ui_command(config),
+    fidelity = c.headline_fidelity(records)
+    head = c.headline(records, nfe=config.nfe, fidelity=fidelity, default_nfe=config.nfe)
+    out = dict(
+        study=config.study_name, trials=len(trials), states=by_state, wall_time_s=wall_s,
+        this_command={s.lower(): sum(1 for v in mine.values() if v == s) for s in ("COMPLETE", "PRUNED", "FAIL")},
+        objective=config.objective, fid_samples=config.preset.fid_samples, fid_reference=config.preset.fid_reference,
+        settings=config.settings(fidelity if fidelity in config.shared else None), paths=config.paths,
+        headline=head.as_dict(), optuna_storage=mask_url(config.storage_url), mlflow_uri=mask_url(config.mlflow_uri),
+        mlflow_experiment_id=study.user_attrs.get(c.STUDY_MLFLOW_EXPERIMENT_ID),
+        mlflow_parent_run_id=study.user_attrs.get(c.STUDY_MLFLOW_PARENT_RUN_ID),
+        teacher_key=study.user_attrs.get(c.STUDY_TEACHER_KEY), commands=commands(config),
     )
-    for key, t in (("best", best), ("baseline_k1", k1), ("baseline_uniform", uniform)):
-        if t is not None:
-            out[key] = dict(number=t.number, role=t.user_attrs.get("role"), params=t.params, fid=t.value,
-                            fid_std=t.user_attrs.get("fid_std"), fid_seeds=t.user_attrs.get("fid_seeds"),
-                            mlflow_run_id=t.user_attrs.get("mlflow_run_id"))
-    if best is not None and k1 is not None:
-        delta = k1.value - best.value
-        imp = dict(delta_fid=delta, relative=delta / k1.value if k1.value else float("nan"), spread=None)
-        a, b = k1.user_attrs.get("fid_seeds") or [], best.user_attrs.get("fid_seeds") or []
-        if len(a) == len(b) and len(a) > 1:  # same seeds in every trial: paired differences
-            diffs = [x - y for x, y in zip(a, b)]
-            imp["spread"] = statistics.stdev(diffs)
-            imp["per_seed"] = diffs
-        out["improvement"] = imp
+    if fidelity == c.FULL and config.length != c.FULL:
+        out["screen_headline"] = c.headline(records, nfe=config.nfe, fidelity=config.length,
+                                            default_nfe=config.nfe).as_dict()
     return out
+
+
+def _group_text(g: dict | None) -> str:
+    if not g:
+        return "- (no complete trial yet)"
+    sd = g["sd"]
+    spread = f" ± {sd:.3f}" if isinstance(sd, float) and math.isfinite(sd) else ""
+    return f"FID {g['mean']:.3f}{spread} (n = {g['n']} seed{'s' if g['n'] != 1 else ''}; trials {_trials(g['trials'])})"
+
+
+def _trials(numbers: list[int]) -> str:
+    numbers = sorted(numbers)
+    return ", ".join(f"#{n}" for n in numbers[:6]) + (f" and {len(numbers) - 6} more" if len(numbers) > 6 else "")
 
 
 def print_summary(summary: dict, config: StudyConfig, stream=None) -> None:
@@ -177,39 +208,33 @@ def print_summary(summary: dict, config: StudyConfig, stream=None) -> None:
     table = Table(title=f"study {summary['study']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    s = summary["states"]
+    s, mine = summary["states"], summary["this_command"]
     table.add_row("trials", f"{summary['trials']} in the study ({s['complete']} complete, {s['pruned']} pruned, "
-                            f"{s['fail']} failed, {s['running']} running, {s['waiting']} queued); "
-                            f"{summary['ran_now']} finished by this command in {_fmt_time(summary['wall_time_s'])}")
-
-    def row(label: str, key: str) -> None:
-        t = summary[key]
-        if t is None:
-            table.add_row(label, "- (no complete trial yet)")
-            return
-        fid = f"{t['fid']:.3f}"
-        std = t.get("fid_std")
-        fid += f" ± {std:.3f}" if isinstance(std, (int, float)) and math.isfinite(std) else " (1 seed)"
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
-        table.add_row(label, f"FID {fid}   trial #{t['number']} ({t['role']}): {params}")
-
-    row("best trial", "best")
-    row("baseline K=1", "baseline_k1")
-    row("uniform weights", "baseline_uniform")
-    imp = summary["improvement"]
-    if imp is None:
-        table.add_row("improvement", "- (needs a complete K=1 baseline and a best trial)")
-    else:
-        text = f"{imp['delta_fid']:+.3f} FID vs K=1 ({100 * imp['relative']:+.1f}%)"
-        if imp["spread"] is not None:
-            text += f", paired over seeds: sd {imp['spread']:.3f} ({len(imp['per_seed'])} seeds)"
-        else:
-            text += "; one seed per trial, no spread (use --seeds-per-trial 3 for one)"
-        table.add_row("improvement", text)
+                            f"{s['fail']} failed, {s['running']} running, {s['waiting']} queued); this command: "
+                            f"{mine['complete']} complete, {mine['pruned']} pruned, {mine['fail']} failed in "
+                            f"{_fmt_time(summary['wall_time_s'])}")
+    st = summary["settings"]
+    table.add_row("training", ", ".join(f"{k} {v}" for k, v in st.items()) + f", teacher paths: {summary['paths']}")
+    table.add_row("scores", f"FID and KID on {summary['fid_samples']:,} samples against {summary['fid_reference']:,} "
+                            f"reference images; the trials minimise {summary['objective'].upper()}"
+                  + ("" if summary["objective"] == "fid" else
+                     " (with few samples FID is strongly biased; KID is not: compare FIDs only at equal counts)"))
+    for label, key in (("headline", "headline"), ("screen", "screen_headline")):
+        head = summary.get(key)
+        if not head:
+            continue
+        where = f"NFE {head['nfe']}, {head['fidelity']} length"
+        table.add_row(f"{label}: baseline K=1", f"{_group_text(head['baseline'])}  [{where}]")
+        best = head["best"]
+        table.add_row(f"{label}: best B-DENSE", (f"{best['config']}: " if best else "") + _group_text(best)
+                      + (f", chosen among {head['candidates']} configurations" if best else ""))
+        table.add_row(f"{label}: verdict", head["verdict"] or "- (needs a complete K=1 and a K>1 configuration)")
     table.add_row("teacher", str(summary["teacher_key"]))
-    table.add_row("Optuna storage", storage_location(summary["optuna_storage"]))
+    table.add_row("Optuna storage", summary["optuna_storage"])
     table.add_row("MLflow", f"{summary['mlflow_uri']} (experiment {summary['mlflow_experiment_id']}, "
                             f"parent run {summary['mlflow_parent_run_id']})")
-    table.add_row("artifacts", str(config.artifact_root) if is_local_store(config.mlflow_uri) else "on the server")
-    table.add_row("open", summary["mlflow_ui"])
+    cmds = summary["commands"]
+    table.add_row("look: MLflow", cmds["mlflow"])
+    table.add_row("look: dashboard", cmds["dashboard"])
+    table.add_row("look: report", cmds["report"])
     console.print(table)

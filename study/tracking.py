@@ -18,11 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-KIND_TAG = "bdense.kind"  # "study" | "trial" | "teacher"
-STUDY_TAG = "optuna_study_name"
-TRIAL_TAG = "optuna_trial_number"
-PARENT_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
+from .contract import TAG_KIND as KIND_TAG, TAG_PARENT as PARENT_TAG, TAG_RUN_NAME as RUN_NAME_TAG
+from .contract import TAG_STUDY as STUDY_TAG, TAG_TRIAL as TRIAL_TAG
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 
 
@@ -59,8 +56,71 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line."""
+
+
+def _check_local(uri: str, artifact_root: Path | None) -> None:
+    """An SQLite or file store: its folder and the artifact folder must be writable (checked, not created late)."""
+    import os
+
+    if uri.startswith("sqlite:"):
+        db = uri.split(":///", 1)[1] if ":///" in uri else ""
+        folders = [Path(db).expanduser().parent] if db and db != ":memory:" else []
+    elif uri.startswith("file:"):
+        folders = [Path(uri.split("file:", 1)[1].lstrip("/") and "/" + uri.split("file:", 1)[1].lstrip("/"))]
+    else:
+        folders = [Path(uri)]
+    if artifact_root is not None:
+        folders.append(Path(artifact_root))
+    for folder in folders:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise TrackingError(f"folder {folder} cannot be written; choose another --runs-dir or --mlflow-uri")
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """An MLflow tracking server answers its /health endpoint within ``timeout`` seconds."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - the user's own server
+            if r.status != 200:
+                raise TrackingError(f"the server answered {r.status} at /health")
+    except urllib.error.HTTPError as e:
+        raise TrackingError(f"the server answered {e.code} at /health; is it an MLflow server?") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"no MLflow server answers ({reason}); start one with `mlflow server` or fix the URI") from None
+
+
 class Tracker:
     """One MLflow tracking store and one experiment (named like the study)."""
+
+    @classmethod
+    def open(cls, tracking_uri: str, artifact_root: Path | None = None) -> "Tracker":
+        """A tracker whose store was checked first: a server answers, a local folder is writable."""
+        import os
+
+        if tracking_uri.startswith(("http://", "https://")):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+            _check_server(tracking_uri)
+        elif is_local_store(tracking_uri):
+            _check_local(tracking_uri, artifact_root)
+        try:
+            tracker = cls(tracking_uri, artifact_root)
+            tracker.client.search_experiments(max_results=1)
+        except TrackingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any client error means the store is unusable
+            text = str(e).strip().splitlines()
+            raise TrackingError(text[0] if text else type(e).__name__) from None
+        return tracker
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None):
         quiet_logs()
@@ -171,6 +231,22 @@ class Tracker:
         else:
             _retry(lambda: self.client.set_terminated(run_id, status=status))
 
+    def finish_study(self, parent_run_id: str, summary: dict, ok: bool) -> None:
+        """The study's summary on its parent run, which ends FINISHED (or FAILED)."""
+        metrics = {"n_trials": summary["trials"], "n_complete": summary["states"].get("complete", 0)}
+        head = summary.get("headline") or {}
+        if head.get("best"):
+            metrics["best_fid"] = head["best"]["mean"]
+        if head.get("baseline"):
+            metrics["baseline_k1_fid"] = head["baseline"]["mean"]
+        if head.get("improvement"):
+            metrics["improvement_fid"] = head["improvement"]["delta"]
+        try:
+            self.log_metrics(parent_run_id, metrics, step=summary["trials"])
+            self.log_json(parent_run_id, "summary.json", summary)
+        finally:
+            self.set_status(parent_run_id, "FINISHED" if ok else "FAILED")
+
     # -- the teacher's run ---------------------------------------------------------------------------
     def teacher_run(self, teacher, study_name: str, parent_run_id: str | None) -> str:
         """The teacher's own run (one per teacher per experiment): config, loss curve and wall time."""
@@ -198,13 +274,33 @@ class Tracker:
         self.set_status(run_id, "FINISHED")
         return run_id
 
-    # -- trial runs ----------------------------------------------------------------------------------
-    def start_trial_run(self, study_name: str, parent_run_id: str, trial_number: int, run_name: str,
-                        tags: dict[str, Any]) -> "TrialRun":
-        all_tags = {KIND_TAG: "trial", STUDY_TAG: study_name, TRIAL_TAG: str(trial_number), PARENT_TAG: parent_run_id}
-        all_tags.update({k: str(v) for k, v in tags.items()})
-        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags))
-        return TrialRun(self, run.info.run_id)
+    # -- trial runs ---------------------------------------------------------------------------------------
+    def start_trial(self, study_name: str, parent_run_id: str, trial_number: int, point, role: str,
+                    params: dict, teacher_key: str) -> "TrialRun":
+        """A trial's nested run, named and tagged so that the runs table shows what it trained."""
+        tags = {KIND_TAG: "trial", STUDY_TAG: study_name, TRIAL_TAG: str(trial_number), PARENT_TAG: parent_run_id,
+                "role": role, "teacher_key": teacher_key, "K": str(point.branches)}
+        for key in ("nfe", "fidelity", "iterations"):
+            if key in params:
+                tags[key] = str(params[key])
+        name = f"trial-{trial_number:04d} {point.label} NFE {params.get('nfe', '?')} ({params.get('fidelity', 'screen')})"
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        trial_run = TrialRun(self, run.info.run_id)
+        self.log_params(run.info.run_id, params)
+        return trial_run
+
+    def close_runs(self, run_ids: list[str], status: str, reason: str) -> int:
+        """Close the given runs that are still RUNNING (trials another process failed); returns how many."""
+        n = 0
+        for run_id in run_ids:
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.set_tags(run_id, {"fail_reason": reason[:4000]})
+                    self.set_status(run_id, status)
+                    n += 1
+            except Exception:  # noqa: BLE001 - the run lives in another store, or is gone
+                pass
+        return n
 
     def trial_runs(self, study_name: str) -> list:
         return self.find_runs("trial", **{STUDY_TAG: study_name})
@@ -243,6 +339,46 @@ class TrialRun:
             self.flush()
         finally:
             self.tracker.set_status(self.run_id, status)
+
+    def log_seed(self, seed: int, row: dict, images) -> None:
+        """One trained seed: its FID and KID, and a grid of its samples."""
+        self.tracker.log_metrics(self.run_id, {f"fid_seed_{seed}": row["fid"], f"kid_seed_{seed}": row["kid"]})
+        with tempfile.TemporaryDirectory(prefix="bdense-trial-") as tmp:
+            self.tracker.log_artifact(self.run_id, save_sample_grid(images, Path(tmp) / f"samples_seed{seed}.png"))
+
+    def finish_trial(self, final: dict, point, config, teacher, per_seed: list[dict], trial) -> None:
+        """The trial's results, its branch-weight plot and its resolved config; then the run is FINISHED."""
+        from bdense_core.runtime import to_jsonable
+
+        self.tracker.log_metrics(self.run_id, {k: v for k, v in final.items() if not isinstance(v, list)})
+        fa, fb = point.fitted_ab
+        with tempfile.TemporaryDirectory(prefix="bdense-trial-") as tmp:
+            title = f"trial {trial.number} ({trial.user_attrs.get('role')}): K={point.branches}, fitted a={fa:.3g}, b={fb:.3g}"
+            plot = plot_branch_weights(point.weight_values(), (fa, fb), config.weights_mode, title,
+                                       Path(tmp) / "branch_weights.png")
+            self.tracker.log_artifact(self.run_id, plot)
+        resolved = dict(
+            trial=dict(number=trial.number, params=trial.params, role=trial.user_attrs.get("role"),
+                       weights=point.weight_values(), fitted_a=fa, fitted_b=fb),
+            study=config.describe(), teacher_key=teacher.key, teacher=to_jsonable(teacher.config),
+            distill=[to_jsonable(r["config"]) for r in per_seed],
+            results=[{k: v for k, v in r.items() if k != "config"} for r in per_seed],
+        )
+        self.tracker.log_json(self.run_id, "config.json", resolved)
+        self.finish("FINISHED")
+
+    def fail(self, reason: str, status: str, tb: str | None = None) -> None:
+        """Close the run FAILED or KILLED with the reason; never raises (the original error matters more)."""
+        try:
+            self.tracker.set_tags(self.run_id, {"fail_reason": reason[:4000]})
+            if tb:
+                self.tracker.log_json(self.run_id, "traceback.json", {"traceback": tb})
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.finish(status)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 # -- artifacts ---------------------------------------------------------------------------------------

@@ -1,31 +1,32 @@
-"""``--workers N``: N processes that share one study through its storage, watched by the starting process.
+"""Where a study's trials run: in this process, or in ``--workers N`` processes placed over the devices.
 
-The starting process has already trained the teacher, warmed the FID cache, created the MLflow parent run
-and queued the baselines; each worker is ``python -m study.run`` with the same flags plus a hidden
-``--_worker-index`` and its share of ``--n-trials``, and runs ``optimize`` on the same storage (Optuna
-hands every trial to exactly one process). The supervisor prints progress from the storage, forwards
-Ctrl-C, and when a worker is killed (SIGKILL, OOM) it waits until the dead worker's trial has gone without a
-heartbeat for the grace period, fails it (Optuna's retry callback queues it again) and starts a replacement
-worker for the rest of the dead one's share, so no trial is lost.
+:func:`run_here` builds what one process's trials share (teacher, FID evaluator, teacher-path banks, data) and
+runs the ask/tell loop (``study/loop.py``). :func:`supervise` starts N worker processes (``multiprocessing``,
+spawned, each placed round-robin on ``config.devices``), shows their progress from the storage, and:
+
+- when a worker dies (SIGKILL, OOM), fails its RUNNING trials at once (its owner is certainly gone: same host,
+  dead pid), closes their MLflow runs FAILED, queues their retries, and starts a replacement for the rest of the
+  dead worker's share;
+- on Ctrl-C, SIGTERM or SIGHUP, interrupts every worker (each fails its running trials cleanly and closes their
+  runs KILLED) and waits for them; workers also end if the supervisor itself is killed (parent-death signal).
+Scale-out across machines is Optuna's: the same command on each machine, one storage, one MLflow server.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-import optuna
 from optuna.trial import TrialState
 
-from .cli import StudyConfig
-from .storage import GRACE_FACTOR, fail_stale_trials
+from . import contract as c
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 1.0
 MAX_RESPAWNS = 4
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -37,145 +38,250 @@ def split_trials(n_trials: int, workers: int) -> list[int]:
     return [n_trials // workers + (1 if i < n_trials % workers else 0) for i in range(workers)]
 
 
+# -- one process ------------------------------------------------------------------------------------------
+def build_context(config, study, stores, reporter=None):
+    """What this process's trials share: the FID evaluator, the teacher-path banks and the data."""
+    from bdense_core.data import load_images
+    from bdense_core.evaluate import make_evaluator
+    from bdense_core.runtime import best_device
+
+    from .objective import Context
+
+    teacher = stores["teacher"]
+    device = best_device(config.device)
+    evaluator = make_evaluator(config.preset.data, config.preset.fid_reference, device, root=config.cache_root)
+    data = load_images(config.preset.data) if config.fw.needs_data else None
+    return Context(config, teacher, evaluator, stores["tracker"], stores["parent_run_id"], paths=Banks(config, teacher),
+                   data=data, on_step=reporter.on_step if reporter is not None else None)
+
+
+class Banks:
+    """``(nfe, length, seed) -> TrajectoryBank or None``: the teacher paths a student trains on.
+
+    ``--paths seed``: a bank per training seed with exactly the paths a student draws (iterations x batch),
+    drawn without replacement, so two seeds share nothing but the teacher and students of one seed share
+    their paths (paired comparisons); ``shared``: one bank for every seed (the preset's size, at least the
+    draws of one student); ``fresh``: none (the teacher solves every iteration). Banks are cached on disk by
+    the first process that needs them; this process keeps the last two in memory.
+    """
+
+    OFFSET = 10_007  # a bank's x_T stream is seeded apart from the student's draw order
+
+    def __init__(self, config, teacher, keep: int = 2):
+        self.config, self.teacher, self.keep = config, teacher, keep
+        self.cache: dict[tuple, Any] = {}
+
+    def key(self, nfe: int, length: str, seed: int) -> tuple | None:
+        cfg = self.config
+        if cfg.paths == "fresh" or not cfg.fw.uses_bank:
+            return None
+        return (nfe, length, seed if cfg.paths == "seed" else cfg.seed)
+
+    def __call__(self, nfe: int, length: str, seed: int):
+        key = self.key(nfe, length, seed)
+        if key is None:
+            return None
+        if key not in self.cache:
+            from bdense_core.schedule import BranchWeights
+
+            cfg = self.config
+            grid = cfg.trial_config(max(cfg.k_choices), BranchWeights(), key[2], nfe, length)
+            draws = grid.iterations * grid.batch_size
+            size = draws if cfg.paths == "seed" else max(cfg.preset.bank_size, draws)
+            while len(self.cache) >= self.keep:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = cfg.fw.shared_paths(self.teacher, grid, size=size, seed=key[2] + self.OFFSET,
+                                                  root=cfg.cache_root, k_choices=tuple(cfg.k_choices))
+        return self.cache[key]
+
+
+def run_here(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:
+    """Run ``n_trials`` trials in this process; returns (exit code, tally)."""
+    from .loop import Loop
+    from .storage import HeartbeatKeeper, fail_stale
+
+    ctx = build_context(config, study, stores, reporter)
+    tracker = ctx.tracker
+    with HeartbeatKeeper(stores["storage"], study, stores["heartbeat"]) as beats:
+        loop = Loop(study, ctx, beats, stale=lambda: fail_stale(study), reporter=reporter)
+        if reporter is not None:
+            reporter.loop = loop
+        tally = loop.run(n_trials, config.timeout)
+    if tally.stopped_by_failures:
+        print(f"bdense-study: error: {tally.by_state['FAIL'][-1:]} and the trials before it failed in a row; "
+              f"stopped. Last reason: {tally.last_reason}", file=sys.stderr, flush=True)
+        return 1, tally
+    del tracker
+    return 0, tally
+
+
+# -- several processes ------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (a SIGKILLed supervisor)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _worker_main(config, index: int, quota: int, log_path: str) -> None:
+    """A worker process: its own stores, teacher and context; the same loop as :func:`run_here`."""
+    _die_with_parent()
+    log = open(log_path, "a", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log
+    from study.run import Interrupted, SIGNAL_EXIT, _quiet, open_tracker, prepare_teacher, signals_as_interrupt
+
+    _quiet()
+    with signals_as_interrupt():
+        try:
+            from bdense_core.runtime import best_device
+
+            from .storage import open_study_storage
+
+            storage, heartbeat = open_study_storage(config.storage_url, config.study_name, config.heartbeat_interval)
+            import optuna
+
+            from .run import make_pruner, make_sampler
+
+            study = optuna.load_study(study_name=config.study_name, storage=storage, sampler=make_sampler(config),
+                                      pruner=make_pruner(config))
+            tracker = open_tracker(config)
+            tracker.use_experiment(config.study_name)
+            teacher = prepare_teacher(config, best_device(config.device), announce=False)
+            stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, teacher=teacher,
+                          parent_run_id=study.user_attrs[c.STUDY_MLFLOW_PARENT_RUN_ID])
+            print(f"worker {index} (pid {os.getpid()}) on {config.device}: {quota} trial(s)", flush=True)
+            code, _ = run_here(config, study, quota, stores, None)
+        except Interrupted as e:
+            code = SIGNAL_EXIT.get(e.signum, 130)
+        except Exception:  # noqa: BLE001 - the supervisor shows the log's last line
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+    log.flush()
+    os._exit(code)
+
+
 @dataclass
 class _Slot:
     index: int
+    device: str
     quota: int
-    proc: subprocess.Popen | None = None
-    log_path: Path | None = None
-    dead_since: float | None = None  # killed; waiting for its trial to go stale
+    proc: Any = None
+    pids: list[int] = field(default_factory=list)
     respawns: int = 0
-    history: list[int] = field(default_factory=list)  # pids that served this slot
+    log_path: Path | None = None
 
 
-class WorkerPool:
-    def __init__(self, config: StudyConfig, study: optuna.Study, reporter, on_stale=None):
-        self.config = config
-        self.study = study
-        self.reporter = reporter
-        self.on_stale = on_stale  # called after trials were failed as stale (closes their MLflow runs)
+class Supervisor:
+    def __init__(self, config, study, stores, reporter):
+        self.config, self.study, self.stores, self.reporter = config, study, stores, reporter
         self.log_dir = config.runs_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.known = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
+        self.ctx = mp.get_context("spawn")
         self.errors: list[str] = []
-        self.interrupted = False
-
-    def _command(self, index: int, quota: int) -> list[str]:
-        c = self.config
-        return [
-            sys.executable, "-m", "study.run", *c.argv,
-            "--preset", c.preset.name, "--study-name", c.study_name, "--storage", c.storage_url,
-            "--mlflow-uri", c.mlflow_uri, "--runs-dir", str(c.runs_dir), "--workers", "1",
-            "--n-trials", str(quota), "--_worker-index", str(index),
-        ]
+        self.known = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
 
     def _spawn(self, slot: _Slot, quota: int) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        if self.config.device in (None, "cpu"):
-            env.setdefault("BDENSE_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.config.workers)))
-        slot.log_path = self.log_dir / f"{self.config.study_name}-worker{slot.index}-{len(slot.history)}.log"
-        log = open(slot.log_path, "w")
-        slot.proc = subprocess.Popen(
-            self._command(slot.index, quota), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=os.getcwd(), start_new_session=True,  # Ctrl-C reaches workers through us, once
-        )
-        log.close()
+        cfg = replace(self.config, devices=(slot.device,), workers=1)
+        if slot.device == "cpu":
+            os.environ.setdefault("BDENSE_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.config.workers)))
+        slot.log_path = self.log_dir / f"{cfg.study_name}-worker{slot.index}-{len(slot.pids)}.log"
+        slot.proc = self.ctx.Process(target=_worker_main, args=(cfg, slot.index, quota, str(slot.log_path)),
+                                     name=f"bdense-worker-{slot.index}")
+        slot.proc.start()
         slot.quota = quota
-        slot.history.append(slot.proc.pid)
+        slot.pids.append(slot.proc.pid)
 
-    def _poll_trials(self) -> None:
+    def _pids(self, slots) -> set[int]:
+        return {pid for s in slots for pid in s.pids}
+
+    def _poll(self, slots) -> None:
+        """Report trials finished by our workers (not by other machines)."""
+        pids = self._pids(slots)
         for t in self.study.get_trials(deepcopy=False, states=FINISHED):
-            if t.number not in self.known:
+            if t.number not in self.known and t.user_attrs.get(c.WORKER_PID) in pids:
                 self.known.add(t.number)
                 self.reporter.trial_finished(self.study, t)
 
     def _used_by(self, pid: int) -> int:
-        """Trials a (dead) worker used up; its stale trial does not count (it was queued again)."""
-        trials = self.study.get_trials(deepcopy=False)
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-        return sum(1 for t in trials
-                   if t.state in FINISHED and t.user_attrs.get("worker_pid") == pid and t.number not in retried)
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=FINISHED)
+                   if t.user_attrs.get(c.WORKER_PID) == pid)
 
-    def _handle_dead(self, slot: _Slot, now: float) -> None:
-        grace = GRACE_FACTOR * self.config.heartbeat_interval
-        if fail_stale_trials(self.study) and self.on_stale is not None:
-            self.on_stale()
-        pid = slot.history[-1]
-        still_running = any(t.user_attrs.get("worker_pid") == pid
-                            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if still_running and now - slot.dead_since < grace + 3 * self.config.heartbeat_interval + 10:
-            return  # not stale yet
-        slot.dead_since = None
-        remaining = slot.quota - self._used_by(pid)
-        if remaining > 0 and slot.respawns < MAX_RESPAWNS:
-            slot.respawns += 1
-            print(f"worker {slot.index}: starting a replacement for the remaining {remaining} trial(s)",
+    def _handle_exit(self, slot: _Slot) -> None:
+        from .storage import fail_dead_owner
+
+        rc = slot.proc.exitcode
+        pid = slot.proc.pid
+        slot.proc = None
+        if rc == 0:
+            return
+        if rc < 0:  # killed by a signal: its trials are failed now (its owner is certainly gone) and retried
+            run_ids = fail_dead_owner(self.study, pid, f"its process (pid {pid}) was killed by signal {-rc} and stopped "
+                                                       f"sending heartbeats; the parameters were queued again")
+            self.stores["tracker"].close_runs(run_ids, "FAILED", "its worker process was killed")
+            print(f"worker {slot.index} (pid {pid}) was killed by signal {-rc}; its trial was failed and queued again",
                   file=sys.stderr, flush=True)
-            self._spawn(slot, remaining)
-        else:
-            slot.proc = None
+            remaining = slot.quota - self._used_by(pid)
+            if remaining > 0 and slot.respawns < MAX_RESPAWNS:
+                slot.respawns += 1
+                print(f"worker {slot.index}: starting a replacement for the remaining {remaining} trial(s)",
+                      file=sys.stderr, flush=True)
+                self._spawn(slot, remaining)
+            return
+        if rc in (130, 143, 129):
+            return
+        self.errors.append(f"worker {slot.index} exited with status {rc}: {_last_line(slot.log_path)}")
+        print(self.errors[-1], file=sys.stderr, flush=True)
 
-    def run(self) -> int:
-        """Start the workers and wait for them; returns 0, 130 (Ctrl-C) or 1 (a worker crashed)."""
-        slots = [_Slot(i, q) for i, q in enumerate(split_trials(self.config.n_trials, self.config.workers))]
+    def run(self, n_trials: int) -> int:
+        devices = self.config.devices
+        shares = split_trials(n_trials, self.config.workers)
+        slots = [_Slot(i, devices[i % len(devices)], q) for i, q in enumerate(shares)]
         for slot in slots:
             self._spawn(slot, slot.quota)
-        print(f"{len(slots)} workers started (shares {[s.quota for s in slots]}); logs in {self.log_dir}",
-              file=sys.stderr, flush=True)
+        print(f"{len(slots)} workers started on {', '.join(s.device for s in slots)} (shares {shares}); logs in "
+              f"{self.log_dir}", file=sys.stderr, flush=True)
         try:
-            while True:
-                now = time.monotonic()
+            while any(s.proc is not None for s in slots):
                 for slot in slots:
-                    if slot.dead_since is not None:
-                        self._handle_dead(slot, now)
-                        continue
-                    if slot.proc is None or slot.proc.poll() is None:
-                        continue
-                    rc = slot.proc.returncode
-                    if rc == 0:
-                        slot.proc = None
-                    elif rc == 130:
-                        self.interrupted = True
-                        slot.proc = None
-                    elif rc < 0 or rc in (137, 143):  # killed by a signal
-                        sig = -rc if rc < 0 else rc - 128
-                        print(f"worker {slot.index} (pid {slot.proc.pid}) was killed by signal {sig}; its trial will "
-                              f"be failed once its heartbeat is stale, and queued again", file=sys.stderr, flush=True)
-                        slot.dead_since = now
-                    else:
-                        tail = self._tail(slot.log_path)
-                        self.errors.append(f"worker {slot.index} exited with status {rc}: {tail}")
-                        print(self.errors[-1], file=sys.stderr, flush=True)
-                        slot.proc = None
-                self._poll_trials()
-                if all(s.proc is None and s.dead_since is None for s in slots):
-                    break
+                    if slot.proc is not None and not slot.proc.is_alive():
+                        slot.proc.join()
+                        self._handle_exit(slot)
+                self._poll(slots)
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            self.interrupted = True
             self._stop(slots)
-        self._poll_trials()
-        if self.interrupted:
-            return 130
+            self._poll(slots)
+            raise
+        self._poll(slots)
         return 1 if self.errors else 0
 
-    def _stop(self, slots: list[_Slot], wait_s: float = 120.0) -> None:
-        alive = [s.proc for s in slots if s.proc is not None and s.proc.poll() is None]
+    def _stop(self, slots, wait_s: float = 90.0) -> None:
+        alive = [s.proc for s in slots if s.proc is not None and s.proc.is_alive()]
         for p in alive:
-            p.send_signal(signal.SIGINT)
+            os.kill(p.pid, signal.SIGINT)
         deadline = time.monotonic() + wait_s
         for p in alive:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
                 p.kill()
-                p.wait()
+                p.join()
 
-    @staticmethod
-    def _tail(path: Path | None) -> str:
-        if path is None or not path.exists():
-            return ""
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-        return lines[-1] if lines else ""
+
+def _last_line(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def supervise(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:
+    """Run ``n_trials`` trials in ``config.workers`` processes; returns (exit code, None)."""
+    return Supervisor(config, study, stores, reporter).run(n_trials), None

@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
 # tiny sizes: the tiny preset, 2 distillation iterations, 8-sample FID, no pruning (3 trials are too few)
 FAST = ["--preset", "tiny", "--fid-samples", "8", "--iterations", "2", "--pruner", "none"]
-TRIAL_ATTRS = {"fid", "kid", "fid_seeds", "fid_std", "seeds", "nfe", "framework", "weights_mode", "fitted_a",
-               "fitted_b", "preset", "teacher_key", "mlflow_run_id", "wall_time_s", "role"}
+TRIAL_ATTRS = {"fid", "kid", "fid_seeds", "kid_seeds", "fid_std", "seeds", "nfe", "framework", "weights_mode",
+               "fitted_a", "fitted_b", "preset", "teacher_key", "mlflow_run_id", "wall_time_s", "role", "fidelity",
+               "objective", "iterations", "batch_size", "lr", "afs", "teacher_substeps", "teacher_paths"}
 STUDY_ATTRS = {"preset", "framework", "nfe", "fid_samples", "teacher_key", "mlflow_experiment_id",
-               "mlflow_parent_run_id", "k_choices", "weights_mode"}
+               "mlflow_parent_run_id", "k_choices", "weights_mode", "objective", "iterations", "paths"}
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -88,13 +89,16 @@ def test_three_trial_study_is_in_both_stores(first_study):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     roles = [t.user_attrs["role"] for t in trials]
     assert roles[:2] == ["baseline-k1", "baseline-uniform"] and roles[2] == "search"
-    assert trials[0].params == {"K": 1, "a": 0.0, "b": 1.0}
+    assert trials[0].params == {} and trials[0].user_attrs["K"] == 1  # K = 1 is no point of the search space
     assert trials[1].params == {"K": 4, "a": 0.0, "b": 1.0}
+    assert trials[2].params["K"] in (2, 4) and set(trials[2].params) == {"K", "a", "b"}
     assert STUDY_ATTRS <= set(study.user_attrs)
+    assert study.user_attrs["objective"] == "kid"  # 8 FID samples: the trials minimise KID
     for t in trials:
         assert TRIAL_ATTRS <= set(t.user_attrs), TRIAL_ATTRS - set(t.user_attrs)
-        assert t.value == pytest.approx(t.user_attrs["fid"]) and t.user_attrs["fid_seeds"] == [t.value]
-        assert set(t.params) == {"K", "a", "b"}
+        assert t.value == pytest.approx(t.user_attrs["kid"]) and t.user_attrs["kid_seeds"] == [t.value]
+        assert t.user_attrs["fidelity"] == "screen" and t.user_attrs["iterations"] == 2
+        assert t.user_attrs["teacher_paths"] == "seed bank"
 
     client = mlflow_client(runs)
     parents = runs_of(client, study, "study")
@@ -107,15 +111,17 @@ def test_three_trial_study_is_in_both_stores(first_study):
         assert run.data.tags["optuna_trial_number"] == str(t.number)
         assert run.info.status == "FINISHED"
         params = run.data.params
-        assert params["K"] == str(t.params["K"]) and float(params["a"]) == pytest.approx(t.params["a"])
-        for key in ("b", "weights_mode", "framework", "nfe", "seeds", "preset", "teacher_key"):
+        k = t.params.get("K", 1)
+        assert params["K"] == str(k) and float(params["a"]) == pytest.approx(t.params.get("a", 0.0))
+        for key in ("b", "weights_mode", "framework", "nfe", "seeds", "preset", "teacher_key", "fidelity", "iterations"):
             assert key in params
+        assert run.data.tags["K"] == str(k) and run.data.tags["fidelity"] == "screen"
         assert params["teacher_key"] == study.user_attrs["teacher_key"]
         loss = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in loss] == [1, 2]  # per-step history (--iterations 2)
-        assert len(client.get_metric_history(run.info.run_id, f"loss_branch_{t.params['K']}")) == 2
-        assert run.data.metrics["fid"] == pytest.approx(t.value)
-        for key in ("kid", "wall_time_s", "samples_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, f"loss_branch_{k}")) == 2
+        assert run.data.metrics["kid"] == pytest.approx(t.value)
+        for key in ("fid", "wall_time_s", "samples_per_s"):
             assert key in run.data.metrics
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"samples_seed0.png", "branch_weights.png", "config.json"} <= artifacts
@@ -124,8 +130,9 @@ def test_three_trial_study_is_in_both_stores(first_study):
     assert len(client.get_metric_history(teacher[0].info.run_id, "teacher_loss")) > 10
 
     out = proc.stdout
-    assert "best trial" in out and "baseline K=1" in out and "improvement" in out
+    assert "headline: baseline K=1" in out and "best B-DENSE" in out and "verdict" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "--default-artifact-root" in out
+    assert "optuna-dashboard " in out and "python -m analysis.report --study e2e" in out
     assert out.count("[trial ") == 3  # one progress line per trial (not a terminal)
 
 
@@ -287,7 +294,7 @@ def test_nfe_ablation_runs_each_trial_at_its_own_nfe_and_seeds(tmp_path, cache_d
     """``--ablation nfe`` enqueues K=1 and B-DENSE at NFE 2..5; the objective must honour each trial's NFE."""
     runs = tmp_path / "runs"
     res = run_cli(FAST + ["--study-name", "abl", "--k", "1", "2", "--ablation", "nfe", "--ablation-seeds", "2",
-                          "--n-trials", "10", "--bank-size", "0"], runs, cache_dir)
+                          "--n-trials", "10", "--paths", "fresh"], runs, cache_dir)
     assert res.returncode == 0, res.stderr[-2000:]
     trials = [t for t in load(runs, "abl").trials if t.user_attrs.get("role") == "ablation:nfe"]
     assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -299,3 +306,39 @@ def test_nfe_ablation_runs_each_trial_at_its_own_nfe_and_seeds(tmp_path, cache_d
         assert int(run.data.params["nfe"]) == t.user_attrs["nfe"]
         config = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
         assert {d["nfe"] for d in config["distill"]} == {t.user_attrs["nfe"]}
+
+
+# -- screen, then confirm ------------------------------------------------------------------------------------
+def test_screen_then_confirm_runs_each_configuration_at_full_length_on_fresh_seeds(tmp_path, cache_dir):
+    """``--confirm-top 1 --confirm-seeds 2``: the best screened configuration and both baselines are re-trained
+    at full length, one trial (and one MLflow run) per (configuration, seed), on seeds the screen never used."""
+    from bdense_core.presets import get_preset
+
+    runs = tmp_path / "runs"
+    res = run_cli(FAST + ["--study-name", "conf", "--n-trials", "3", "--confirm-top", "1", "--confirm-seeds", "2"],
+                  runs, cache_dir)
+    _check(res)
+    study = load(runs, "conf")
+    trials = study.get_trials()
+    screen = [t for t in trials if t.user_attrs["fidelity"] == "screen"]
+    full = [t for t in trials if t.user_attrs["fidelity"] == "full"]
+    assert len(screen) == 3 and len(full) == 3 * 2
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    full_iterations = get_preset("tiny").at_length("full").config("sfd").iterations
+    for t in full:
+        assert t.user_attrs["role"] == "confirm" and t.user_attrs["iterations"] == full_iterations
+        assert len(t.user_attrs["seeds"]) == 1 and t.user_attrs["seeds"][0] >= 1000
+    ranks = sorted(t.user_attrs["confirm_rank"] for t in full)
+    assert ranks == [0, 0, 0, 0, 1, 1]
+    top = [t for t in full if t.user_attrs["confirm_rank"] == 1]
+    best_screen = min((t for t in screen if t.params.get("K", 1) > 1), key=lambda t: t.value)
+    assert all(t.params == best_screen.params and t.user_attrs["screen_trial"] == best_screen.number for t in top)
+    assert sorted({tuple(t.user_attrs["seeds"]) for t in full}) == [(1000,), (1001,)]
+    runs_by_id = {r.info.run_id: r for r in runs_of(mlflow_client(runs), study, "trial")}
+    assert len(runs_by_id) == len(trials) and {t.user_attrs["mlflow_run_id"] for t in trials} == set(runs_by_id)
+    assert all(runs_by_id[t.user_attrs["mlflow_run_id"]].data.tags["fidelity"] == "full" for t in full)
+    assert "[NFE 2, full length]" in res.stdout  # the headline now uses the full-length trials
+    again = run_cli(FAST + ["--study-name", "conf", "--n-trials", "0", "--confirm-top", "1", "--confirm-seeds", "2"],
+                    runs, cache_dir)
+    _check(again)
+    assert len(load(runs, "conf").get_trials()) == len(trials)  # nothing missing: nothing queued again

@@ -25,7 +25,9 @@ def runs(tmp_path, monkeypatch):
 def test_defaults_resolve_from_the_preset(runs):
     cfg = parse_config(["--preset", "tiny"])
     assert cfg.preset.name == "tiny" and cfg.framework == "sfd"
-    assert cfg.k_choices == (1, 2, 4) and cfg.nfe == cfg.preset.config("sfd").nfe
+    assert cfg.k_choices == (1, 2, 4) and cfg.search_k_choices == (2, 4) and cfg.nfe == cfg.preset.config("sfd").nfe
+    assert cfg.objective == "kid"  # 64 FID samples: FID is strongly biased there
+    assert cfg.paths == "seed" and cfg.length == "screen" and cfg.students_per_worker >= 1
     assert cfg.storage_url == f"journal:{runs.resolve() / 'optuna-journal.log'}"
     assert cfg.mlflow_uri == f"sqlite:///{runs.resolve() / 'mlflow.db'}"
     assert cfg.artifact_root == runs.resolve() / "mlartifacts"
@@ -36,16 +38,16 @@ def test_defaults_resolve_from_the_preset(runs):
 def test_teacher_substeps_are_the_lcm_and_k1_is_always_searched(runs):
     cfg = parse_config(["--preset", "tiny", "--k", "3", "4", "--seeds-per-trial", "3", "--seed", "5"])
     assert cfg.k_choices == (1, 3, 4)
-    assert cfg.teacher_substeps == 12  # lcm(S=4, 3, 4)
+    assert cfg.settings()["teacher_substeps"] == 12  # lcm(S=4, 3, 4)
     for k in cfg.k_choices:  # every K divides S: the core accepts every trial's config
-        assert cfg.distill_config(k, space.BranchWeights(), 0).teacher_substeps == 12
+        assert cfg.trial_config(k, space.BranchWeights(), 0).teacher_substeps == 12
     assert cfg.seeds == [5, 6, 7]
 
 
 def test_overrides_apply_to_the_preset(runs):
     cfg = parse_config(["--preset", "tiny", "--fid-samples", "16", "--iterations", "3", "--framework", "pd", "--nfe", "4"])
     assert cfg.preset.fid_samples == 16 and cfg.iterations == 3
-    assert cfg.k_choices == (1, 2) and cfg.nfe == 4 and cfg.preset.config("pd").nfe == 4
+    assert cfg.k_choices == (1, 2) and cfg.nfe == 4 and cfg.shared["screen"].nfe == 4 and cfg.shared["screen"].rounds == 1
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -56,6 +58,13 @@ def test_overrides_apply_to_the_preset(runs):
     (["--b-range", "-1", "2"], "> 0"),
     (["--framework", "pd", "--k", "4"], "K = 1 or 2"),
     (["--framework", "pd", "--nfe", "3"], "NFE must be"),
+    (["--seed", "-1"], "--seed must be between"),
+    (["--seed", str(2**32)], "--seed must be between"),
+    (["--k", "1000000"], "too large"),
+    (["--k", "29", "31"], "lcm"),
+    (["--k", "1"], "needs a K > 1"),
+    (["--n-trials", "0"], "0 only with"),
+    (["--device", "cuda:3"], "CUDA is not available"),
 ])
 def test_bad_flags_raise_usage_errors(runs, argv, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(")):
@@ -65,22 +74,28 @@ def test_bad_flags_raise_usage_errors(runs, argv, words):
 def test_baselines_and_free_weights(runs):
     exp = parse_config(["--preset", "tiny"])
     assert space.baseline_params(exp) == [
-        ("baseline-k1", {"K": 1, "a": 0.0, "b": 1.0}), ("baseline-uniform", {"K": 4, "a": 0.0, "b": 1.0}),
+        ("baseline-k1", {"K": 1}), ("baseline-uniform", {"K": 4, "a": 0.0, "b": 1.0}),
     ]
     free = parse_config(["--preset", "tiny", "--weights", "free"])
     study = optuna.create_study()
-    assert space.enqueue_baselines(study, free) == ["baseline-k1", "baseline-uniform"]
-    assert space.enqueue_baselines(study, free) == []  # already queued: resume must not queue them twice
+    attrs = {"fidelity": "screen", "seeds": [0]}
+    assert space.enqueue_baselines(study, free, attrs) == ["baseline-k1", "baseline-uniform"]
+    assert space.enqueue_baselines(study, free, attrs) == []  # already queued: resume must not queue them twice
     points = []
     for _ in range(2):
         trial = study.ask()
         points.append(space.suggest(trial, free))
         study.tell(trial, 1.0)
+    # K = 1 is no point of the search space: it runs without params and carries K = 1 as a user attribute
+    assert points[0].branches == 1 and study.trials[0].params == {} and study.trials[0].user_attrs["K"] == 1
     assert points[1].branches == 4 and points[1].weight_values() == [1.0] * 4
-    trial = study.ask()
-    p = space.suggest(trial, free)
-    assert set(trial.params) == {"K", *(f"w{j}" for j in range(1, p.branches + 1))}
-    assert all(0.1 <= w <= 10 for w in p.weight_values())
+    for _ in range(20):  # the search never draws K = 1
+        trial = study.ask()
+        p = space.suggest(trial, free)
+        study.tell(trial, 1.0)
+        assert p.branches in (2, 4)
+        assert set(trial.params) == {"K", *(f"w{j}" for j in range(1, p.branches + 1))}
+        assert all(0.1 <= w <= 10 for w in p.weight_values())
 
 
 def test_shares_of_trials():
@@ -128,8 +143,8 @@ def test_samplers_and_pruners_work_on_the_space(runs, sampler, weights):
     from study.run import make_pruner, make_sampler
 
     cfg = parse_config(["--preset", "tiny", "--sampler", sampler, "--weights", weights, "--pruner", "median"])
-    study = optuna.create_study(sampler=make_sampler(cfg, 0), pruner=make_pruner(cfg))
-    space.enqueue_baselines(study, cfg)
+    study = optuna.create_study(sampler=make_sampler(cfg), pruner=make_pruner(cfg))
+    space.enqueue_baselines(study, cfg, {"fidelity": "screen", "seeds": [0]})
 
     def fake(trial):
         p = space.suggest(trial, cfg)
@@ -137,7 +152,8 @@ def test_samplers_and_pruners_work_on_the_space(runs, sampler, weights):
 
     study.optimize(fake, n_trials=6)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert {t.params["K"] for t in study.trials} <= set(cfg.k_choices)
+    assert {t.params.get("K", t.user_attrs.get("K")) for t in study.trials} <= set(cfg.k_choices)
+    assert sum(t.user_attrs.get("K") == 1 for t in study.trials) == 1  # only the baseline runs K = 1
 
 
 def test_the_best_trial_is_taken_at_the_study_nfe():
@@ -149,7 +165,7 @@ def test_the_best_trial_is_taken_at_the_study_nfe():
     study.set_user_attr("nfe", 2)
     dists = {"K": IntDistribution(1, 8), "a": FloatDistribution(-1, 1)}
     for value, k, attrs in ((22.6, 1, {}), (22.3, 4, {}), (11.3, 4, {"nfe": 5}), (16.2, 1, {"nfe": 3}),
-                            (22.1, 4, {"nfe": 2})):
+                            (22.1, 4, {"nfe": 2}), (20.0, 4, {"fidelity": "full"})):
         study.add_trial(optuna.trial.create_trial(params={"K": k, "a": 0.5}, distributions=dists, value=value,
                                                   user_attrs=attrs))
     best = best_trial(study)

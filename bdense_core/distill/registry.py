@@ -38,6 +38,22 @@ class Framework:
               progress: bool = False) -> DistillResult:
         raise NotImplementedError
 
+    def train_many(self, teacher, configs: list, *, data=None, bank=None, callbacks: list | None = None,
+                   progress: bool = False) -> list:
+        """Train several students; a student whose training raised is that exception in the returned list."""
+        out = []
+        for i, config in enumerate(configs):
+            cb = callbacks[i] if callbacks else None
+            try:
+                out.append(self.train(teacher, config, data=data, bank=bank, callback=cb, progress=progress))
+            except Exception as e:  # noqa: BLE001 - one student's failure is its own
+                out.append(e)
+        return out
+
+    def batch_key(self, config):
+        """Configs with equal keys may train together as one batched model (default: none do)."""
+        return id(config)
+
     def for_study(self, config, k_choices: tuple[int, ...], nfe: int | None = None):
         """``config`` made fit for every K in ``k_choices`` at ``nfe`` (None: the config's own NFE): the part
         of the configuration that all trials of one study share. Raises ValueError with a one-line reason."""
