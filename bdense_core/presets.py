@@ -43,6 +43,9 @@ class Preset:
     eval_batch: int = 500
     teacher_file: str | None = None  # a shipped teacher checkpoint to use instead of training one
     length: str = "screen"  # which of LENGTHS ``distill`` and ``bank_size`` hold
+    # students a worker trains at once as one batched model (Framework.train_many); 1 until the preset's
+    # device has been measured with benchmarks/bench_core.py's students-per-process sweep
+    students_per_worker: int = 1
     full_distill: Mapping[str, Any] | None = None  # the configs at length "full" (None: the screen's)
     full_bank_size: int | None = None  # the bank size at length "full" (None: the screen's)
 
