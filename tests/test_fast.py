@@ -150,6 +150,20 @@ def test_one_student_stopping_leaves_the_others_untouched(teacher):
         SFD.train_many(teacher, configs[:2], callbacks=[None, interrupt])
 
 
+def test_a_framework_without_batching_trains_many_one_after_another(teacher):
+    from bdense_core.data import load_images
+
+    pd = get_framework("pd")
+    cfg = replace(TINY.config("pd"), iterations=2, rounds=1)
+
+    def stop(rec):
+        raise RuntimeError("pruned")
+
+    out = pd.train_many(teacher, [cfg, replace(cfg, seed=1)], data=load_images(TINY.teacher.data),
+                        callbacks=[None, stop])
+    assert len(out[0].history) == 2 and isinstance(out[1], RuntimeError)
+
+
 def test_records_read_in_bursts_equal_records_read_every_iteration(teacher):
     every = distill(teacher, short(branches=4, iterations=5))
     bursts = []
