@@ -4,6 +4,10 @@ The solvers are small pure functions in the style of k-diffusion: each one is a 
 calls ``denoiser(x, sigma)``. ``sigma`` is a 0-d tensor; the denoiser returns the denoised image ``D(x; sigma)``.
 Every solver can also return the states it visits (``return_states=True``), which is how B-DENSE's branch
 targets are read off the teacher.
+
+The solvers do their step arithmetic with Python floats read once from the grid and hand the denoiser 0-d
+device tensors (the grid moved to the device once, from pinned memory when it lives on the CPU), so a solve
+from a CPU grid never waits for the GPU: a compiled denoiser's launches queue up back to back.
 """
 
 from __future__ import annotations
@@ -100,17 +104,30 @@ def karras_sigmas(
     return sigmas.to(dtype)
 
 
-def _d(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    denoised = denoiser(x, sigma)
+def grid_values(sigmas: torch.Tensor, device: torch.device) -> tuple[list[float], torch.Tensor]:
+    """The grid as Python floats (for a solver's arithmetic) and as a tensor on ``device`` (for the denoiser's
+    sigma argument). From a CPU grid to CUDA this never synchronises: the copy leaves pinned memory
+    asynchronously. (A grid already on CUDA costs one synchronisation, for its float values.)"""
+    values = sigmas.tolist()
+    if sigmas.device == device:
+        return values, sigmas
+    if device.type == "cuda" and sigmas.device.type == "cpu":
+        return values, sigmas.pin_memory().to(device, non_blocking=True)
+    return values, sigmas.to(device)
+
+
+def _d(denoiser: Denoiser, x: torch.Tensor, sigma: float, sigma_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    denoised = denoiser(x, sigma_t)
     return (x - denoised) / sigma, denoised
 
 
 def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, return_states: bool = False):
     """Euler on the PF-ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``: one network call per step."""
+    vals, dev = grid_values(sigmas, x.device)
     states = [x]
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d, _ = _d(denoiser, x, s)
+    for i in range(len(vals) - 1):
+        s, s_next = vals[i], vals[i + 1]
+        d, _ = _d(denoiser, x, s, dev[i])
         x = x + (s_next - s) * d
         states.append(x)
     return (x, torch.stack(states, 1)) if return_states else x
@@ -118,13 +135,14 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, retu
 
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, return_states: bool = False):
     """Heun's 2nd-order method (EDM Algorithm 1 without churn); Euler on a final step to sigma = 0."""
+    vals, dev = grid_values(sigmas, x.device)
     states = [x]
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d, _ = _d(denoiser, x, s)
+    for i in range(len(vals) - 1):
+        s, s_next = vals[i], vals[i + 1]
+        d, _ = _d(denoiser, x, s, dev[i])
         x_euler = x + (s_next - s) * d
         if s_next > 0:
-            d_next, _ = _d(denoiser, x_euler, s_next)
+            d_next, _ = _d(denoiser, x_euler, s_next, dev[i + 1])
             x = x + (s_next - s) * 0.5 * (d + d_next)
         else:
             x = x_euler
@@ -147,12 +165,13 @@ def sample_dpmpp(
     """
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    vals, dev = grid_values(sigmas, x.device)
     states = [x]
     history: list[tuple[torch.Tensor, float]] = []  # (denoised, lambda) of earlier steps, newest last
-    n = len(sigmas) - 1
+    n = len(vals) - 1
     for i in range(n):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoiser(x, sigmas[i])
+        s, s_next = vals[i], vals[i + 1]
+        denoised = denoiser(x, dev[i])
         lam = -math.log(s)
         if s_next == 0:
             x = denoised

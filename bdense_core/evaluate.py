@@ -30,15 +30,20 @@ def make_evaluator(
     )
 
 
-def evaluate(model, evaluator: FIDEvaluator, n_samples: int, seed: int = 2024, batch_size: int = 500) -> dict[str, float]:
-    """Sample ``n_samples`` images from ``model`` (anything with ``.sample(n, seed, batch_size)``) and score them.
+def evaluate(model, evaluator: FIDEvaluator, n_samples: int, seed: int = 2024,
+             batch_size: int | None = None, fast: bool | None = None) -> dict[str, float]:
+    """Sample ``n_samples`` images from ``model`` (anything with ``.sample(n, seed, batch_size, fast)``, e.g. a
+    Teacher or a DistillResult) and score them.
+
+    ``fast``: the model's fast path on CUDA (None: the model's default, on; False: eager). ``batch_size`` is the
+    eager path's batch (None: the model's default); the fast path uses its own.
 
     Returns ``fid``, ``kid``, ``n`` and the sampling throughput ``samples_per_s``.
     """
     if n_samples < 2:
         raise ValueError(f"FID needs at least 2 samples, got {n_samples}")
     start = time.perf_counter()
-    images = model.sample(n_samples, seed=seed, batch_size=batch_size)
+    images = model.sample(n_samples, seed=seed, batch_size=batch_size, fast=fast)
     if images.is_cuda:
         torch.cuda.synchronize()
     sample_s = time.perf_counter() - start

@@ -189,6 +189,19 @@ def widen_head(teacher_net: UNet, branches: int) -> UNet:
     return student
 
 
+def select_branches(state: dict[str, torch.Tensor], channels: int, branches, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``state`` (a branched UNet's state dict, keys under ``prefix``) with the head keeping only the C-channel
+    groups ``branches`` (a list of 0-based branch indices, in the order they should appear). Every other entry
+    is passed through unchanged; loading the result into a UNet with ``len(branches) * C`` outputs gives a
+    network whose branch j computes exactly what branch ``branches[j]`` computed."""
+    rows = torch.cat([torch.arange(b * channels, (b + 1) * channels) for b in branches])
+    out = dict(state)
+    for name in ("out_conv.weight", "out_conv.bias"):
+        key = prefix + name
+        out[key] = state[key].index_select(0, rows.to(state[key].device))
+    return out
+
+
 @dataclass
 class HeadOverhead:
     branches: int

@@ -6,6 +6,13 @@ and ``cifar10-gpu`` needs internet for CIFAR-10's first download. Study and demo
 
 A preset holds one distillation config per framework (``preset.config("sfd")``), keyed by the names of the
 framework registry (``bdense_core/distill/registry.py``).
+
+Every preset comes in two training lengths (:data:`LENGTHS`), chosen by name with :meth:`Preset.at_length`:
+``screen`` is the preset as listed here (short trials for a search), ``full`` trains SFD students on SFD's
+budget on the GPU presets (1,563 iterations of batch 128 = 200k trajectories, lr 5e-5 divided by 10 at half)
+and PD with at least 1,000 updates per round; ``tiny`` and ``cpu`` get a proportionally longer but still
+cheap ``full``. At full length a trajectory bank holds at least as many paths as a trial draws (each used
+once), or the trials use fresh teacher paths (bank size 0).
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .data import DataConfig
-from .distill import PDConfig, SFDConfig
+from .distill import PDConfig, SFDConfig, get_framework
 from .networks import UNetConfig
 from .teacher import TeacherConfig
+
+
+LENGTHS = ("screen", "full")
 
 
 @dataclass(frozen=True)
@@ -32,9 +42,12 @@ class Preset:
     k_choices: tuple[int, ...] = (1, 2, 4)
     eval_batch: int = 500
     teacher_file: str | None = None  # a shipped teacher checkpoint to use instead of training one
-    students_per_worker: int = 1  # students one process trains at once as a batched model
-    length: str = "screen"
-    full: Mapping[str, dict] = field(default_factory=dict)  # framework -> overrides of the "full" length
+    length: str = "screen"  # which of LENGTHS ``distill`` and ``bank_size`` hold
+    # students a worker trains at once as one batched model (Framework.train_many); 1 until the preset's
+    # device has been measured with benchmarks/bench_core.py's students-per-process sweep
+    students_per_worker: int = 1
+    full_distill: Mapping[str, Any] | None = None  # the configs at length "full" (None: the screen's)
+    full_bank_size: int | None = None  # the bank size at length "full" (None: the screen's)
 
     @property
     def data(self) -> DataConfig:
@@ -53,20 +66,34 @@ class Preset:
                              f"{', '.join(self.distill)}") from None
 
     def at_length(self, name: str) -> "Preset":
-        """This preset at training length ``name``: "screen" (as it is) or "full" (the frameworks' full budget)."""
+        """This preset at training length ``name`` (one of :data:`LENGTHS`); it records the name in ``length``.
+
+        ``screen`` is the listed preset. ``full`` swaps in the full-length configs and bank size; its bank
+        holds at least ``iterations * batch_size`` paths for every framework that draws from one, or is 0
+        (fresh paths). Apply command-line changes after choosing the length."""
         if name not in LENGTHS:
-            raise ValueError(f"unknown length {name!r}; choose one of {', '.join(LENGTHS)}")
+            raise ValueError(f"unknown training length {name!r}; choose one of {', '.join(LENGTHS)}")
         if name == self.length:
             return self
-        return replace(self, length=name, distill={k: replace(v, **self.full.get(k, {})) for k, v in self.distill.items()})
+        if self.length != "screen":
+            return get_preset(self.name).at_length(name)
+        full = replace(self, distill=dict(self.full_distill or self.distill),
+                       bank_size=self.bank_size if self.full_bank_size is None else self.full_bank_size,
+                       length="full")
+        for fw, cfg in full.distill.items():
+            draws = getattr(cfg, "iterations", 0) * getattr(cfg, "batch_size", 0)
+            if get_framework(fw).uses_bank and 0 < full.bank_size < draws:
+                raise ValueError(f"preset {self.name!r} at full length: a bank of {full.bank_size} paths is smaller "
+                                 f"than the {draws} an SFD trial draws; use at least {draws} or 0 (fresh paths)")
+        return full
 
     def with_configs(self, change: Callable[[Any], Any]) -> "Preset":
         """This preset with ``change`` applied to the config of every framework."""
         return replace(self, distill={name: change(cfg) for name, cfg in self.distill.items()})
 
 
-LENGTHS = ("screen", "full")
 _FMNIST = DataConfig(name="fashion-mnist")
+SFD_FULL_ITERATIONS = 1563  # SFD's 200k trajectories at batch 128
 # Teachers trained on the H100 by scripts/gpu/teacher.py and shipped with the repository (fp16).
 TEACHERS = Path(__file__).resolve().parents[1] / "results" / "teachers"
 
@@ -87,7 +114,10 @@ PRESETS: dict[str, Preset] = {
                 pd=PDConfig(teacher_steps=8, rounds=2, iterations=6, batch_size=16),
             ),
             fid_samples=64, fid_reference=64, k_choices=(1, 2, 4),
-            full=dict(sfd=dict(iterations=4), pd=dict(iterations=4)),
+            full_distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=24, batch_size=16, lr=2e-4),
+                pd=PDConfig(teacher_steps=8, rounds=2, iterations=24, batch_size=16),
+            ),
         ),
         Preset(
             name="cpu",
@@ -103,6 +133,10 @@ PRESETS: dict[str, Preset] = {
                 pd=PDConfig(teacher_steps=16, rounds=2, iterations=60, batch_size=32),
             ),
             fid_samples=300, fid_reference=500, k_choices=(1, 2, 4),
+            full_distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=160, batch_size=32, lr=2e-4),
+                pd=PDConfig(teacher_steps=16, rounds=2, iterations=240, batch_size=32),
+            ),
         ),
         Preset(
             name="fmnist-gpu",
@@ -120,6 +154,13 @@ PRESETS: dict[str, Preset] = {
             ),
             fid_samples=10000, fid_reference=60000, bank_size=10000, k_choices=(1, 2, 3, 4, 6, 8),
             teacher_file=str(TEACHERS / "teacher-fmnist-gpu.pt"),
+            # SFD's budget: 1,563 x 128 = 200k trajectories, each used once; PD: 1,000 updates per round
+            full_distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=SFD_FULL_ITERATIONS, batch_size=128,
+                              lr=5e-5, amp=True),
+                pd=PDConfig(teacher_steps=64, rounds=3, iterations=1000, batch_size=128, amp=True),
+            ),
+            full_bank_size=SFD_FULL_ITERATIONS * 128,
         ),
         Preset(
             name="cifar10-gpu",
@@ -135,6 +176,12 @@ PRESETS: dict[str, Preset] = {
                 pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
             ),
             fid_samples=10000, fid_reference=50000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
+            full_distill=dict(
+                sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=SFD_FULL_ITERATIONS, batch_size=128,
+                              lr=5e-5, amp=True),
+                pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
+            ),
+            full_bank_size=SFD_FULL_ITERATIONS * 128,
         ),
     ]
 }
@@ -151,4 +198,4 @@ def default_preset_name(cuda: bool) -> str:
     return "fmnist-gpu" if cuda else "cpu"
 
 
-__all__ = ["PRESETS", "Preset", "default_preset_name", "get_preset", "replace", "field"]
+__all__ = ["LENGTHS", "PRESETS", "Preset", "default_preset_name", "get_preset", "replace", "field"]

@@ -19,6 +19,7 @@ import torch
 
 from .data import DataConfig, ImageSet, load_images
 from .edm import SOLVERS, EDMConstants, EDMPrecond, edm_loss, karras_sigmas, solve
+from .fast import sampling_engine, use_fast
 from .networks import UNet, UNetConfig
 from .runtime import autocast, best_device, cache_dir, generator, stable_hash, to_jsonable
 
@@ -88,12 +89,23 @@ class Teacher:
         return karras_sigmas(steps or c.sampler_steps, c.sigma_min, c.sigma_max, c.rho).to(self.device)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int, batch_size: int = 500, solver: str | None = None, steps: int | None = None):
-        """``n`` images in [-1, 1] from the teacher's ODE sampler (default: its config's sampler and steps)."""
-        return sample_images(
-            lambda x: solve(self.denoiser, x, self.sigmas(steps), solver or self.config.sampler),
-            n, self.image_shape, self.config.sigma_max, seed, batch_size, self.device,
-        )
+    def sample(self, n: int, seed: int, batch_size: int | None = None, solver: str | None = None,
+               steps: int | None = None, fast: bool | None = None):
+        """``n`` images in [-1, 1] from the teacher's ODE sampler (default: its config's sampler and steps).
+
+        Image i depends on ``seed`` and i only (see :func:`sample_images`). On CUDA the fast path (compiled
+        bf16 network, batches of ``fast.SAMPLE_BATCH``; ``batch_size`` is then ignored) runs unless ``fast`` is
+        False; ``batch_size`` (default 500) sets the eager path's batches.
+        """
+        c = self.config
+        grid = karras_sigmas(steps or c.sampler_steps, c.sigma_min, c.sigma_max, c.rho)
+        name = solver or c.sampler
+        if use_fast(self.device, fast):
+            engine = sampling_engine(self.denoiser)
+            return sample_images(lambda x: solve(engine, x, grid, name), n, self.image_shape, c.sigma_max, seed,
+                                 engine.batch, self.device, pad=True)
+        return sample_images(lambda x: solve(self.denoiser, x, grid, name), n, self.image_shape, c.sigma_max,
+                             seed, batch_size or 500, self.device)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -101,14 +113,45 @@ class Teacher:
         return (u.img_channels, u.resolution, u.resolution)
 
 
-def sample_images(step_fn, n, shape, sigma_max, seed, batch_size, device) -> torch.Tensor:
-    """Draw ``x_T = sigma_max * randn`` in seeded batches and run ``step_fn`` on each batch."""
+NOISE_CHUNK = 500  # x_T is drawn this many rows at a time, whatever the compute batch
+
+
+def noise_batches(n: int, shape, sigma_max: float, g: torch.Generator, batch: int, pad: bool = False):
+    """``x_T = sigma_max * randn`` for ``n`` images in batches of ``batch`` rows.
+
+    The noise is drawn from ``g`` in chunks of :data:`NOISE_CHUNK` rows, so row i is the same whatever ``batch``
+    is (a fast path with large batches and the eager one see the same x_T). With ``pad`` the last batch is
+    padded with zeros to ``batch`` rows (static shapes for compiled graphs); yields ``(x, rows_used)``.
+    """
+    pending, have = [], 0
+    for start in range(0, n, NOISE_CHUNK):
+        rows = min(NOISE_CHUNK, n - start)
+        pending.append(torch.randn((rows, *shape), generator=g, device=g.device) * sigma_max)
+        have += rows
+        while have >= batch:
+            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield joined[:batch], batch
+            rest = joined[batch:]
+            pending, have = ([rest] if len(rest) else []), len(rest)
+    if have:
+        last = torch.cat(pending) if len(pending) > 1 else pending[0]
+        if pad:
+            last = torch.cat([last, last.new_zeros((batch - have, *shape))])
+        yield last, have
+
+
+def draw_noise(n: int, shape, sigma_max: float, seed: int, device) -> torch.Tensor:
+    """All ``n`` rows of :func:`noise_batches` for ``seed`` at once (x_T of images / bank paths 0..n-1)."""
+    g = generator(seed, device)
+    return torch.cat([x for x, _ in noise_batches(n, shape, sigma_max, g, n)])
+
+
+def sample_images(step_fn, n, shape, sigma_max, seed, batch_size, device, pad: bool = False) -> torch.Tensor:
+    """Run ``step_fn`` on seeded x_T batches (:func:`noise_batches`); images in [-1, 1], fp32."""
     g = generator(seed, device)
     out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        x = torch.randn((b, *shape), generator=g, device=device) * sigma_max
-        out.append(step_fn(x).float().clamp(-1, 1))
+    for x, rows in noise_batches(n, shape, sigma_max, g, batch_size, pad):
+        out.append(step_fn(x)[:rows].float().clamp(-1, 1))
     return torch.cat(out)
 
 

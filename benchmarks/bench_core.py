@@ -1,18 +1,30 @@
-"""Core benchmark: one run prints every ratio, measured side by side on one machine.
+"""Core benchmark: one run validates the fast path and prints every ratio, measured side by side on one machine.
 
-    python benchmarks/bench_core.py [--preset fmnist-gpu] [--device cuda] [--out results.json]
+    python benchmarks/bench_core.py [--preset fmnist-gpu] [--device cuda] [--out results.json]   # GPU, ~6 min
+    python benchmarks/bench_core.py --quick                                                     # CPU smoke run
 
-Measures, for the preset's network (random weights: timing does not depend on training):
+On CUDA it first runs benchmarks/gpu_check.py's checks (fast path against eager: training losses, host syncs,
+sampling), then measures, for the preset's network (its shipped teacher where there is one, else random
+weights: timing does not depend on training):
 - the B-DENSE head's parameter and FLOP overhead for each K;
-- the student's SFD training iteration time for K = 1 and K = 4, both with fresh teacher paths every
-  iteration (paper Algorithm 4) and from a precomputed trajectory bank (student cost alone);
-- the student's sampling time at its NFE for K = 1 and K = 4;
+- the eager SFD iteration for K = 1 and K = 4, with fresh teacher paths every iteration (paper Algorithm 4)
+  and from a trajectory bank (student cost alone);
+- the SFD iteration from a bank (batch of the preset, S = K = 4) fast against eager (goal >= 4x), and K = 4
+  against K = 1 in the fast path (goal <= 1.02; also K = 1 in the fast path's S-branch head);
+- N students per process (N = 1, 2, 4, 8, 16 by default): time per step and students x iterations per second,
+  to choose a preset's students per worker;
+- teacher sampling (10k images, Heun 18) and student sampling (10k at NFE 2) fast against eager (goal >= 3x),
+  and the eager student sampling for K = 1 and K = 4;
 - FID feature throughput: the project's device path (torch bicubic-antialias resize + Inception on the
-  device) against clean-fid's own ``get_model_features`` path (PIL resize on the CPU) on the same images;
+  device, goal >= 4,000 images/s on an H100) against clean-fid's own ``get_model_features`` path;
 - with ``--trials-per-hour 1 8``: whole study trials per hour (distil + 10k-sample FID + tracking) with 1 and
   with 8 worker processes on the one device, each a short real study (``study/run.py``) in a scratch run
   folder; the rate is completed trials over the span from the first trial's start to the last one's end
   (process start-up, teacher and bank loading excluded and reported apart).
+
+Iteration times are steady-state: the time between the first and the last delivery of loss records (compile,
+CUDA-graph recording and trial set-up fall before the first), divided by the iterations between them.
+Compilation times are printed apart.
 """
 
 from __future__ import annotations
@@ -35,11 +47,13 @@ sys.path.insert(0, str(ROOT))
 
 from bdense_core.data import DataConfig, load_images  # noqa: E402
 from bdense_core.distill import build_trajectory_bank, distill  # noqa: E402
+from bdense_core.distill.sfd import train_sfd_many  # noqa: E402
+from bdense_core.fast import use_fast  # noqa: E402
 from bdense_core.fid import InceptionFeatures, cleanfid_features  # noqa: E402
 from bdense_core.networks import head_overhead  # noqa: E402
 from bdense_core.presets import get_preset  # noqa: E402
 from bdense_core.runtime import best_device  # noqa: E402
-from bdense_core.teacher import Teacher, build_denoiser  # noqa: E402
+from bdense_core.teacher import Teacher, build_denoiser, load_teacher  # noqa: E402
 
 
 def sync(device):
@@ -47,9 +61,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeat=3):
-    """Median wall time of ``fn()`` over ``repeat`` runs after one warm-up run."""
-    fn()
+def timed(fn, device, repeat=3, warmup=True):
+    """Median wall time of ``fn()`` over ``repeat`` runs (after one warm-up run if ``warmup``)."""
+    if warmup:
+        fn()
     sync(device)
     times = []
     for _ in range(repeat):
@@ -58,6 +73,34 @@ def timed(fn, device, repeat=3):
         sync(device)
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
+
+
+def load_bench_teacher(preset_name: str, device: torch.device):
+    """The preset's shipped teacher where it has one (else random weights) on ``device``, and the preset."""
+    preset = get_preset(preset_name)
+    if preset.teacher_file and Path(preset.teacher_file).is_file():
+        return load_teacher(preset.teacher_file, device), preset
+    net = build_denoiser(preset.teacher.unet, 0).to(device).eval().requires_grad_(False)
+    return Teacher(net, preset.teacher, key="random"), preset
+
+
+def step_time(teacher, configs, bank, head=None) -> float:
+    """Steady-state seconds per iteration of ``train_sfd_many(configs)`` (from the first to the last burst)."""
+    stamps: dict[int, float] = {}
+
+    def stamp(rec):
+        stamps[int(rec["step"])] = time.perf_counter()
+
+    callbacks = [stamp] + [None] * (len(configs) - 1)
+    out = train_sfd_many(teacher, configs, [bank] * len(configs), callbacks, head=head)
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    cfg = configs[0]
+    every = cfg.log_every or (20 if use_fast(teacher.device, cfg.fast) else 1)
+    first, last = min(every, cfg.iterations), cfg.iterations
+    if last <= first:
+        raise ValueError(f"step_time needs more than {first} iterations")
+    return (stamps[last] - stamps[first]) / (last - first)
 
 
 def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: Path) -> dict:
@@ -89,13 +132,22 @@ def machine(device) -> str:
     return f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+def goal(ok: bool) -> str:
+    return "  [goal met]" if ok else "  [GOAL MISSED]"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="default: fmnist-gpu on CUDA, tiny on the CPU")
     p.add_argument("--device", default=None)
-    p.add_argument("--iterations", type=int, default=None, help="SFD iterations per timing (default 20 GPU / 3 CPU)")
-    p.add_argument("--fid-images", type=int, default=None, help="images for the device FID path (default 5000 GPU / 100 CPU)")
-    p.add_argument("--cleanfid-images", type=int, default=None, help="images for clean-fid's path (default 1000 GPU / 50 CPU)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (tiny sizes; the CPU's default preset)")
+    p.add_argument("--no-check", action="store_true", help="skip the fast-path correctness checks (gpu_check)")
+    p.add_argument("--students", type=int, nargs="*", default=None, metavar="N",
+                   help="students per process to time (default 1 2 4 8 16 on CUDA, 1 2 with --quick)")
+    p.add_argument("--iterations", type=int, default=None, help="SFD iterations per eager timing (default 20 / 3)")
+    p.add_argument("--samples", type=int, default=None, help="images per sampling timing (default 10000 / 40)")
+    p.add_argument("--fid-images", type=int, default=None, help="images for the device FID path (default 5000 / 20)")
+    p.add_argument("--cleanfid-images", type=int, default=None, help="images for clean-fid's path (default 1000 / 10)")
     p.add_argument("--inception", default=None, help="path to the Inception TorchScript file")
     p.add_argument("--trials-per-hour", type=int, nargs="*", default=None, metavar="N",
                    help="also run short real studies with each of these worker counts (e.g. 1 8) and report trials/hour")
@@ -106,17 +158,34 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = best_device(args.device)
     gpu = device.type == "cuda"
+    quick = args.quick or not gpu
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    preset = get_preset(args.preset or ("fmnist-gpu" if gpu else "tiny"))
-    iters = args.iterations or (20 if gpu else 3)
+    teacher, preset = load_bench_teacher(args.preset or ("fmnist-gpu" if gpu else "tiny"), device)
+    iters = args.iterations or (3 if args.quick else 20)
+    n_sample = args.samples or (40 if args.quick else 10000)
+    students = args.students or ([1, 2] if args.quick else [1, 2, 4, 8, 16])
     rows: list[tuple[str, str]] = []
-    out: dict = {"machine": machine(device), "preset": preset.name}
+    out: dict = {"machine": machine(device), "preset": preset.name, "teacher": teacher.key}
+    clock = {}
+    t_section = time.perf_counter()
 
-    teacher = Teacher(build_denoiser(preset.teacher.unet, 0).to(device).eval().requires_grad_(False),
-                      preset.teacher, key="random")
+    def section(name):
+        nonlocal t_section
+        now = time.perf_counter()
+        clock[name] = now - t_section
+        t_section = now
+
+    if gpu and not args.no_check:
+        import gpu_check
+
+        checks = gpu_check.run_checks(teacher, preset, steps=20, n_images=1200 if not args.quick else 200)
+        out["checks"] = [dict(name=r.name, value=r.value, limit=r.limit, ok=r.ok) for r in checks]
+        gpu_check.print_rows(checks, f"fast path vs eager on {out['machine']}, preset {preset.name}")
+        section("checks")
+
     net = teacher.denoiser.net
     for k in (2, 4, 8):
         o = head_overhead(net, k)
@@ -124,32 +193,81 @@ def main(argv=None) -> int:
         rows.append((f"head overhead K={k}: params / forward FLOPs",
                      f"+{o.params_extra:,} ({o.params_pct:.4f}%) / +{o.flops_pct:.4f}%"))
 
-    base = replace(preset.config("sfd"), iterations=iters, teacher_substeps=4)
+    # --- eager SFD iteration, fresh paths and bank (the existing measures)
+    base = replace(preset.config("sfd"), iterations=iters, teacher_substeps=4, fast=False, log_every=None)
     step = {}
     for mode in ("fresh", "bank"):
         bank = build_trajectory_bank(teacher, 4 * base.batch_size, base, seed=0) if mode == "bank" else None
         for k in (1, 4):
-            cfg = replace(base, branches=k)
-            t = timed(lambda: distill(teacher, cfg, bank=bank), device, repeat=3 if gpu else 1)
-            step[(mode, k)] = t / iters
+            step[(mode, k)] = step_time(teacher, [replace(base, branches=k)], bank)
             out[f"sfd_iter_s_{mode}_K{k}"] = step[(mode, k)]
-        rows.append((f"SFD iteration, {'teacher paths each iteration' if mode == 'fresh' else 'trajectory bank'} "
+        rows.append((f"eager SFD iteration, {'teacher paths each iteration' if mode == 'fresh' else 'trajectory bank'} "
                      f"(batch {base.batch_size}, S=4): K=1 / K=4",
                      f"{1e3 * step[(mode, 1)]:.1f} ms / {1e3 * step[(mode, 4)]:.1f} ms = "
                      f"x{step[(mode, 4)] / step[(mode, 1)]:.3f}"))
+    section("eager iterations")
 
-    n_sample = 10000 if gpu else 200
-    sample_t = {}
+    # --- fast SFD iteration against eager, K = 4 against K = 1, N students per process
+    fast_iters = 3 if args.quick else 60
+    fast_base = replace(base, fast=True, iterations=fast_iters, log_every=1 if args.quick else 20)
+    bank = build_trajectory_bank(teacher, 16 * base.batch_size, fast_base, seed=0, k_choices=(1, 4))
+    if use_fast(device, True):
+        t0 = time.perf_counter()
+        fast4 = step_time(teacher, [replace(fast_base, branches=4)], bank)  # compiles on the first trial
+        out["compile_train_s"] = time.perf_counter() - t0 - fast_iters * fast4
+        fast4 = step_time(teacher, [replace(fast_base, branches=4)], bank)
+        fast1 = step_time(teacher, [replace(fast_base, branches=1)], bank, head=1)
+        fast1_wide = step_time(teacher, [replace(fast_base, branches=1)], bank)
+        eager4 = step_time(teacher, [replace(base, branches=4)], bank)
+        out.update(sfd_iter_s_fast_K4=fast4, sfd_iter_s_fast_K1=fast1, sfd_iter_s_fast_K1_headS=fast1_wide,
+                   sfd_iter_s_eager_K4=eager4)
+        rows.append((f"SFD iteration from a bank, K=4, batch {base.batch_size}: eager / fast",
+                     f"{1e3 * eager4:.1f} ms / {1e3 * fast4:.2f} ms = x{eager4 / fast4:.2f}" + goal(eager4 / fast4 >= 4)))
+        rows.append(("fast SFD iteration: K=4 / K=1 (own 1-branch head) / K=1 in the S=4 head",
+                     f"{1e3 * fast4:.2f} / {1e3 * fast1:.2f} / {1e3 * fast1_wide:.2f} ms: K4/K1 = "
+                     f"x{fast4 / fast1:.3f}" + goal(fast4 / fast1 <= 1.02)))
+    else:
+        rows.append(("fast SFD iteration", "n/a: the fast path runs on CUDA only (this run: eager)"))
+    section("fast iterations")
+    per_n = {}
+    for n in students:
+        configs = [replace(fast_base, branches=4, seed=i) for i in range(n)]
+        step_time(teacher, configs, bank)  # compiles this N (once per process)
+        per_n[n] = step_time(teacher, configs, bank)
+    out["students_per_process"] = {n: dict(step_s=t, student_iters_per_s=n / t) for n, t in per_n.items()}
+    n0 = students[0]
+    for n, t in per_n.items():
+        rows.append((f"{n:>2} students per process ({'fast' if use_fast(device, True) else 'eager'}, K=4): "
+                     f"step / students x iterations per s",
+                     f"{1e3 * t:.2f} ms / {n / t:,.3g} per s = x{(n / t) / (n0 / per_n[n0]):.2f} of N={n0}"))
+    section("students per process")
+
+    # --- sampling
+    res = {k: distill(teacher, replace(base, branches=k, iterations=1)) for k in (1, 4)}
     for k in (1, 4):
-        res = distill(teacher, replace(base, branches=k, iterations=1))
-        sample_t[k] = timed(lambda: res.sample(n_sample, seed=0, batch_size=1000), device)
-        out[f"sample_s_K{k}"] = sample_t[k]
-    rows.append((f"student sampling, {n_sample} images at NFE {base.nfe}: K=1 / K=4",
-                 f"{sample_t[1]:.3f} s / {sample_t[4]:.3f} s = x{sample_t[4] / sample_t[1]:.3f}"))
+        out[f"sample_s_eager_K{k}"] = timed(lambda: res[k].sample(n_sample, seed=0, fast=False), device, repeat=1)
+    rows.append((f"eager student sampling, {n_sample} images at NFE {base.nfe}: K=1 / K=4",
+                 f"{out['sample_s_eager_K1']:.3f} s / {out['sample_s_eager_K4']:.3f} s = "
+                 f"x{out['sample_s_eager_K4'] / out['sample_s_eager_K1']:.3f}"))
+    if use_fast(device, True):
+        fast_s = timed(lambda: res[4].sample(n_sample, seed=0, fast=True), device, repeat=3)
+        eager_s = out["sample_s_eager_K4"]
+        out["sample_s_fast_K4"] = fast_s
+        rows.append((f"student sampling, {n_sample} images at NFE {base.nfe}, K=4: eager / fast",
+                     f"{eager_s:.3f} s / {fast_s:.3f} s = x{eager_s / fast_s:.2f}" + goal(eager_s / fast_s >= 3)))
+        teacher_eager = timed(lambda: teacher.sample(n_sample, seed=0, fast=False), device, repeat=1, warmup=False)
+        teacher_fast = timed(lambda: teacher.sample(n_sample, seed=0, fast=True), device, repeat=1)
+        out.update(teacher_sample_s_eager=teacher_eager, teacher_sample_s_fast=teacher_fast)
+        rows.append((f"teacher sampling, {n_sample} images, {teacher.config.sampler} {teacher.config.sampler_steps} "
+                     f"steps: eager / fast",
+                     f"{teacher_eager:.2f} s / {teacher_fast:.2f} s = x{teacher_eager / teacher_fast:.2f}"
+                     + goal(teacher_eager / teacher_fast >= 3)))
+    section("sampling")
 
+    # --- FID features
     extractor = InceptionFeatures(args.inception, device=device)
-    n_fid = args.fid_images or (5000 if gpu else 100)
-    n_clean = args.cleanfid_images or (1000 if gpu else 50)
+    n_fid = args.fid_images or (20 if quick else 5000)
+    n_clean = args.cleanfid_images or (10 if quick else 1000)
     images = load_images(DataConfig(name="fashion-mnist", n_images=max(n_fid, n_clean), seed=1)).images
     on_dev = images[:n_fid].to(device)
     t_dev = timed(lambda: extractor.features(on_dev, batch_size=500), device, repeat=2)
@@ -157,10 +275,11 @@ def main(argv=None) -> int:
     ips_dev, ips_clean = n_fid / t_dev, n_clean / t_clean
     out.update(fid_device_images_per_s=ips_dev, fid_cleanfid_images_per_s=ips_clean)
     rows.append(("FID features, images/s: device path / clean-fid's get_model_features",
-                 f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}"))
+                 f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}" + (goal(ips_dev >= 4000) if gpu else "")))
+    section("FID features")
 
     if args.trials_per_hour:
-        del extractor, on_dev, teacher, net
+        del extractor, on_dev
         if gpu:
             torch.cuda.empty_cache()
         with tempfile.TemporaryDirectory(prefix="bdense-tph-") as tmp:
@@ -172,14 +291,20 @@ def main(argv=None) -> int:
             rows.append((f"study trials per hour, {r['workers']} worker(s) ({r['trials']} trials, "
                          f"{r['mean_trial_s']:.0f} s each; start-up {r['wall_s'] - r['span_s']:.0f} s apart)",
                          f"{r['trials_per_hour']:,.0f}/h = x{r['trials_per_hour'] / first:.2f}"))
+        section("trials per hour")
 
+    out["section_s"] = clock
     width = max(len(r[0]) for r in rows)
-    print(f"\nbdense-study core benchmark on {out['machine']}, preset {preset.name}")
+    print(f"\nbdense-study core benchmark on {out['machine']}, preset {preset.name} (teacher {teacher.key})")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if "compile_train_s" in out:
+        print(f"compile time of the first fast training trial (N=1): {out['compile_train_s']:.0f} s")
+    print("section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.items()))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
-    return 0
+    failed = [c for c in out.get("checks", []) if c["ok"] is False]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

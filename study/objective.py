@@ -152,13 +152,12 @@ def distil(plans: list[Plan], ctx: Context) -> None:
     groups: dict[Any, list] = {}
     for p, j, seed in students:
         dcfg = cfg.trial_config(p.point.branches, p.point.weights, seed, p.nfe, p.length)
-        bank = ctx.paths(p.nfe, p.length, seed)
-        groups.setdefault((id(bank), fw.batch_key(dcfg)), []).append((p, j, dcfg, bank))
+        key = fw.batch_key(dcfg)
+        groups.setdefault(key if key is not None else object(), []).append((p, j, dcfg, ctx.paths(p.nfe, p.length, seed)))
     for members in groups.values():
-        bank = members[0][3]
-        configs = [m[2] for m in members]
+        configs, banks = [m[2] for m in members], [m[3] for m in members]
         hooks = [_StepHook(p, j, ctx, dcfg.iterations) for p, j, dcfg, _ in members]
-        results = fw.train_many(ctx.teacher, configs, data=ctx.data, bank=bank, callbacks=hooks)
+        results = fw.train_many(ctx.teacher, configs, data=ctx.data, bank=banks, callbacks=hooks)
         for (p, j, dcfg, _), res in zip(members, results):
             p.run.flush()
             if isinstance(res, BaseException):

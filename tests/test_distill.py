@@ -15,7 +15,7 @@ from bdense_core.distill.progressive import pd_endpoint_error
 from bdense_core.distill.sfd import teacher_trajectories
 from bdense_core.presets import get_preset
 from bdense_core.schedule import BranchWeights
-from bdense_core.teacher import Teacher, TeacherConfig, load_teacher, save_teacher, train_teacher
+from bdense_core.teacher import Teacher, TeacherConfig, draw_noise, load_teacher, save_teacher, train_teacher
 
 TINY = get_preset("tiny")
 MU, S = -0.2, 0.5
@@ -82,9 +82,10 @@ def test_sfd_baseline_k1_also_learns(teacher):
 def test_trajectory_bank_matches_fresh_teacher_paths(teacher):
     cfg = replace(TINY.config("sfd"), branches=2, iterations=3)
     bank = build_trajectory_bank(teacher, 8, cfg, seed=3, batch_size=4)
-    g = torch.Generator().manual_seed(3)
-    x_T = torch.randn((4, *teacher.image_shape), generator=g) * cfg.sigma_max
-    assert torch.allclose(bank.states[:4], teacher_trajectories(teacher, x_T, cfg), atol=1e-5)
+    x_T = draw_noise(8, teacher.image_shape, cfg.sigma_max, seed=3, device="cpu")
+    assert torch.allclose(bank.states, teacher_trajectories(teacher, x_T, cfg), atol=1e-5)
+    # path i starts from noise row i whatever the batch size
+    assert torch.allclose(build_trajectory_bank(teacher, 8, cfg, seed=3, batch_size=8).states, bank.states, atol=1e-5)
     result = distill(teacher, cfg, bank=bank)
     assert len(result.history) == 3
     with pytest.raises(ValueError, match="another grid"):

@@ -11,6 +11,7 @@ import torch
 
 from ..edm import EDMPrecond
 from ..networks import widen_head
+from ..fast import sampling_engine, use_fast
 from ..teacher import Teacher, sample_images
 
 # Called after every training iteration with that iteration's record; raising from it stops the run
@@ -55,6 +56,9 @@ class DistillResult:
     wall_time_s: float = 0.0
     images_seen: int = 0
     sampler: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    # the few-step sampler as a function of (denoiser, x_T): lets the fast path run it on a compiled copy of
+    # the student's endpoint branch; None: ``sample`` always runs ``sampler`` (eager)
+    solve_with: Callable[[Callable, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def images_per_s(self) -> float:
@@ -65,14 +69,27 @@ class DistillResult:
         return self.config.nfe
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int, batch_size: int = 500) -> torch.Tensor:
-        """``n`` images in [-1, 1] from the student's few-step sampler (endpoint branch only)."""
+    def sample(self, n: int, seed: int, batch_size: int | None = None, fast: bool | None = None) -> torch.Tensor:
+        """``n`` images in [-1, 1] from the student's few-step sampler (endpoint branch only).
+
+        Image i depends on ``seed`` and i only (:func:`bdense_core.teacher.sample_images`). On CUDA the fast
+        path (the endpoint branch on the process's compiled bf16 sampler, batches of ``fast.SAMPLE_BATCH``;
+        ``batch_size`` is then ignored) runs unless ``fast`` is False or the config says ``fast=False``;
+        ``batch_size`` (default 500) sets the eager path's batches.
+        """
         self.student.eval()
         t = self.teacher
-        return sample_images(self.sampler, n, t.image_shape, t.config.sigma_max, seed, batch_size, t.device)
+        if fast is None:
+            fast = getattr(self.config, "fast", None)
+        if self.solve_with is not None and use_fast(t.device, fast):
+            engine = sampling_engine(self.student)
+            return sample_images(lambda x: self.solve_with(engine, x), n, t.image_shape, t.config.sigma_max, seed,
+                                 engine.batch, t.device, pad=True)
+        return sample_images(self.sampler, n, t.image_shape, t.config.sigma_max, seed, batch_size or 500, t.device)
 
 
-def adam(params, lr: float, kind: str = "adam", weight_decay: float = 0.0):
+def adam(params, lr: float, kind: str = "adam", weight_decay: float = 0.0, fused: bool = False):
+    """Adam or AdamW; ``fused`` (CUDA only) runs the whole update as one fused kernel per parameter group."""
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)

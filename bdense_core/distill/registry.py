@@ -7,6 +7,12 @@ A driver (the study, the demo, the benchmark) never branches on a framework's na
     cfg = fw.for_trial(shared, branches=4, weights=BranchWeights(a=0.5), seed=3)
     result = fw.train(teacher, cfg, data=..., bank=..., callback=...)
 
+Several trials at once (one worker advancing N students per step):
+
+    keys = [fw.batch_key(c) for c in configs]    # configs with equal keys may train together
+    results = fw.train_many(teacher, configs, bank=banks, callbacks=hooks)
+    # results[i] is configs[i]'s DistillResult, or the exception that stopped it (pruned, diverged)
+
 A new framework is one module holding its config dataclass, its training function and one
 :class:`Framework` subclass registered with :func:`register`, plus one import in ``distill/__init__.py`` and
 its entries in the presets (``bdense_core/presets.py``).
@@ -14,7 +20,7 @@ its entries in the presets (``bdense_core/presets.py``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Hashable, Sequence
 
 from .common import DistillResult
 
@@ -38,21 +44,26 @@ class Framework:
               progress: bool = False) -> DistillResult:
         raise NotImplementedError
 
-    def train_many(self, teacher, configs: list, *, data=None, bank=None, callbacks: list | None = None,
-                   progress: bool = False) -> list:
-        """Train several students; a student whose training raised is that exception in the returned list."""
-        out = []
-        for i, config in enumerate(configs):
-            cb = callbacks[i] if callbacks else None
-            try:
-                out.append(self.train(teacher, config, data=data, bank=bank, callback=cb, progress=progress))
-            except Exception as e:  # noqa: BLE001 - one student's failure is its own
-                out.append(e)
-        return out
+    def batch_key(self, config) -> Hashable | None:
+        """Configs with equal (non-None) keys may train together in one :meth:`train_many` call as one batched
+        model; None: this config trains alone. The base class batches nothing."""
+        return None
 
-    def batch_key(self, config):
-        """Configs with equal keys may train together as one batched model (default: none do)."""
-        return id(config)
+    def train_many(self, teacher, configs: Sequence, *, data=None, bank=None,
+                   callbacks: Sequence[Callback | None] | None = None,
+                   progress: bool = False) -> list[DistillResult | BaseException]:
+        """Train one student per config; ``results[i]`` is ``configs[i]``'s result or the exception that stopped
+        it (its callback raised, e.g. a pruner, or its loss diverged). One student stopping never stops the
+        others; KeyboardInterrupt propagates. ``bank`` is None, one bank for every config, or a sequence with
+        one bank (or None) per config. The base class trains them one after another with :meth:`train`."""
+        configs, banks, callbacks = per_config(configs, bank, callbacks)
+        results: list[DistillResult | BaseException] = []
+        for cfg, cb, bk in zip(configs, callbacks, banks):
+            try:
+                results.append(self.train(teacher, cfg, data=data, bank=bk, callback=cb, progress=progress))
+            except Exception as e:  # noqa: BLE001 - the slot records why this student stopped
+                results.append(e)
+        return results
 
     def for_study(self, config, k_choices: tuple[int, ...], nfe: int | None = None):
         """``config`` made fit for every K in ``k_choices`` at ``nfe`` (None: the config's own NFE): the part
@@ -77,6 +88,17 @@ class Framework:
 
     def __repr__(self) -> str:
         return f"<framework {self.name}>"
+
+
+def per_config(configs, bank, callbacks) -> tuple[list, list, list]:
+    """``train_many``'s arguments as three aligned lists: configs, one bank (or None) and one callback each."""
+    configs = list(configs)
+    callbacks = list(callbacks) if callbacks is not None else [None] * len(configs)
+    banks = list(bank) if isinstance(bank, (list, tuple)) else [bank] * len(configs)
+    if not len(callbacks) == len(banks) == len(configs):
+        raise ValueError(f"train_many: {len(configs)} configs need as many callbacks and banks "
+                         f"(got {len(callbacks)} and {len(banks)})")
+    return configs, banks, callbacks
 
 
 FRAMEWORKS: dict[str, Framework] = {}

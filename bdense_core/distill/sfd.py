@@ -7,22 +7,53 @@ one evaluation at ``t_i``; branch k Euler-jumps from ``x_{t_i}`` to ``tau_k`` (t
 with weights ``w_k``; one optimiser update per interval; the endpoint branch's output, detached, starts the
 next interval. K = 1 is plain SFD. With AFS the first interval uses ``d = x / sqrt(1 + sigma^2)`` instead
 of a network call, so NFE = intervals - 1.
+
+Training runs N students at once (:func:`train_sfd_many`; one student is N = 1):
+
+- **Batched students.** The N students are one :class:`~.stack.StudentStack` (stacked weights, vmap), each
+  with its own K, branch weights and seed. The head has ``head`` branch groups for everyone (the group's
+  largest K on the eager path, S on the fast path, so one compiled graph serves every K of a study); a
+  student with K < head uses groups 1..K, the other groups get weight 0 (no gradient, never change) and are
+  dropped when the student is handed back, so it equals a K-branch student trained alone.
+- **Seeds.** A student's seed sets its teacher paths and their order: fresh paths draw x_T from the seed's
+  generator every iteration; from a bank the rows are drawn without replacement (a seeded permutation per
+  pass over the bank), so a bank of ``iterations * batch_size`` paths is used once each. Students with the
+  same seed and the same bank share one path stream; different seeds draw their own. The caller builds one
+  bank per seed (``cached_trajectory_bank(..., seed=trial_seed)``) or passes one bank to every seed; a study
+  doing the latter must record that its bank is "shared".
+- **The K-branch loss** is one batched tensor operation over students and branches (:func:`branch_losses`).
+- **No host synchronisation in the loop.** Per-iteration losses accumulate in a device buffer that is read
+  once every ``log_every`` iterations (default 20 on the fast path, every iteration on the eager path); the
+  records are then delivered to the callbacks in a burst and checked for NaN/inf there (DivergenceError for
+  that student, whose slot stops training). A pruner thus sees a student's records up to ``log_every - 1``
+  iterations late; the records themselves are the same whatever ``log_every`` is.
+- **Fast path** (CUDA, ``SFDConfig.fast``, default on): the interval step (student forward, jumps, losses) is
+  compiled with CUDA graphs under bf16 autocast, the optimiser is fused Adam, and the compiled engine is
+  cached per process by (architecture, N, head, batch): a new trial copies the teacher's weights into its
+  persistent buffers and gets a fresh optimiser, so compilation is paid once per worker.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 
-from ..edm import SOLVERS, karras_sigmas, solve
+from ..edm import SOLVERS, grid_values, karras_sigmas, solve
+from ..fast import SAMPLE_BATCH, compiled, new_step, sampling_engine, use_fast
+from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
-from ..teacher import Teacher
-from .common import DistillResult, StepCallback, adam, branch_record, check_finite, make_student
-from .registry import Framework, register
+from ..teacher import Teacher, noise_batches
+from .common import DistillResult, DivergenceError, StepCallback, adam, make_student
+from .registry import Framework, per_config, register
+from .stack import StudentStack
+
+
+FAST_LOG_EVERY = 20  # the fast path's default logging interval (iterations)
 
 
 @dataclass(frozen=True)
@@ -40,8 +71,10 @@ class SFDConfig:
     sigma_min: float = 0.006
     sigma_max: float = 80.0
     rho: float = 7.0
-    seed: int = 0
-    amp: bool = False  # bf16 autocast for the student on CUDA
+    seed: int = 0  # sets the teacher paths a student trains on and their order
+    amp: bool = False  # eager path: bf16 autocast for the student (and the bank's teacher) on CUDA
+    fast: bool = True  # CUDA: compiled bf16 training and sampling (the CPU always runs eager); False: eager
+    log_every: int | None = None  # records are read from the device every this many iterations (None: 20 fast, 1 eager)
 
     def __post_init__(self):
         if self.nfe < 1:
@@ -58,6 +91,8 @@ class SFDConfig:
             )
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("iterations and batch_size must be >= 1")
+        if self.log_every is not None and self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.teacher_solver not in SOLVERS:
@@ -71,7 +106,7 @@ class SFDConfig:
         return self.nfe + (1 if self.afs else 0)
 
     def teacher_grid(self) -> torch.Tensor:
-        """The teacher's sigma grid, ``intervals * S + 1`` points from sigma_max to sigma_min."""
+        """The teacher's sigma grid, ``intervals * S + 1`` points from sigma_max to sigma_min (on the CPU)."""
         return karras_sigmas(self.intervals * self.teacher_substeps, self.sigma_min, self.sigma_max, self.rho,
                              append_zero=False)
 
@@ -80,14 +115,19 @@ class SFDConfig:
         s, k = self.teacher_substeps, self.branches
         return [interval * s + j * s // k for j in range(1, k + 1)]
 
+    def trained_intervals(self) -> range:
+        """The intervals with a network call (all but the first under AFS)."""
+        return range(1 if self.afs else 0, self.intervals)
+
 
 @dataclass
 class TrajectoryBank:
-    """Teacher trajectories computed once and shared by many students (all of one study's trials).
+    """Teacher trajectories computed once and shared by many students.
 
     ``states[:, c]`` is the teacher's state at grid point ``points[c]``; ``points[0] == 0`` (``x_T``). A
     bank keeps only the grid points that some branch count can target (``needed_points``), not the
-    whole path, so a large bank fits next to several worker processes on one GPU.
+    whole path, so a large bank fits next to several worker processes on one GPU. Students draw its rows
+    through a :class:`PathStream` (without replacement, in the order their seed gives).
     """
 
     states: torch.Tensor  # [N, len(points), C, H, W]
@@ -111,29 +151,71 @@ class TrajectoryBank:
             raise ValueError(f"the trajectory bank holds no teacher state at grid point {e.args[0]} "
                              f"(built for other branch counts)") from None
 
-    def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, len(self), (n,), generator=g, device=g.device).to(self.states.device)
-        return self.states[idx].float()
+    def check(self, config: SFDConfig) -> None:
+        """ValueError (one line) unless this bank serves ``config``: same grid, every branch target held."""
+        grid = config.teacher_grid()
+        if self.grid.shape != grid.shape or not torch.allclose(self.grid.cpu().to(grid.dtype), grid):
+            raise ValueError("the trajectory bank was built for another grid (NFE, AFS, S or sigma range differ)")
+        for i in config.trained_intervals():
+            self.columns(config.branch_indices(i))
+
+
+class PathStream:
+    """One seed's teacher paths: bank rows without replacement, or fresh x_T, from the seed's own generator.
+
+    From a bank, each pass over it is a fresh seeded permutation and a batch that crosses the end of a pass
+    continues into the next one, so every row is used once per pass. Nothing here waits for the device.
+    """
+
+    def __init__(self, seed: int, bank: TrajectoryBank | None, device: torch.device):
+        self.bank = bank
+        self.g = generator(seed, bank.states.device if bank is not None else device)
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+
+    def rows(self, n: int) -> torch.Tensor:
+        """The next ``n`` bank rows (indices on the bank's device)."""
+        parts = []
+        while n > 0:
+            if self._perm is None or self._pos == len(self._perm):
+                self._perm = torch.randperm(len(self.bank), generator=self.g, device=self.g.device)
+                self._pos = 0
+            take = min(n, len(self._perm) - self._pos)
+            parts.append(self._perm[self._pos:self._pos + take])
+            self._pos += take
+            n -= take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def x_T(self, n: int, shape, sigma_max: float) -> torch.Tensor:
+        """Fresh ``x_T = sigma_max * randn`` for ``n`` paths."""
+        return torch.randn((n, *shape), generator=self.g, device=self.g.device) * sigma_max
 
 
 def needed_points(config: SFDConfig, k_choices: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """Grid indices a student with any K in ``k_choices`` (default: ``config.branches``) is trained on."""
-    from dataclasses import replace
-
     pts = {0}
     for k in k_choices or (config.branches,):
         cfg = replace(config, branches=k)
-        for i in range(1 if config.afs else 0, config.intervals):
+        for i in config.trained_intervals():
             pts.update(cfg.branch_indices(i))
     return tuple(sorted(pts))
 
 
 @torch.no_grad()
-def teacher_trajectories(teacher: Teacher, x_T: torch.Tensor, config: SFDConfig) -> torch.Tensor:
-    """The teacher's states at every point of ``config.teacher_grid()``: ``[B, points, C, H, W]``."""
-    grid = config.teacher_grid().to(x_T.device)
-    _, states = solve(teacher.denoiser, x_T, grid, config.teacher_solver, return_states=True)
-    return states
+def teacher_trajectories(teacher: Teacher, x_T: torch.Tensor, config: SFDConfig, fast: bool | None = False,
+                         amp: bool = False) -> torch.Tensor:
+    """The teacher's states at every point of ``config.teacher_grid()``: ``[B, points, C, H, W]`` (fp32).
+
+    ``fast`` (None: ``config.fast``) runs the teacher on the process's compiled bf16 sampler for this batch
+    size on CUDA; otherwise eagerly, under bf16 autocast if ``amp`` (CUDA only)."""
+    grid = config.teacher_grid()
+    if use_fast(x_T.device, config.fast if fast is None else fast):
+        engine = sampling_engine(teacher.denoiser, batch=x_T.shape[0])
+        _, states = solve(engine, x_T, grid, config.teacher_solver, return_states=True)
+        return states
+    with autocast(x_T.device, amp):
+        _, states = solve(teacher.denoiser, x_T, grid, config.teacher_solver, return_states=True)
+    return states.float()
 
 
 @torch.no_grad()
@@ -144,29 +226,34 @@ def build_trajectory_bank(
 ) -> TrajectoryBank:
     """``n`` teacher trajectories for every trial that shares ``config``'s grid (NFE, AFS, S, sigmas).
 
-    With ``k_choices`` only the grid points those branch counts need are kept. The teacher's network runs
-    under bf16 autocast when ``config.amp`` is set on CUDA (the solver's state updates stay fp32).
+    Path i starts from row i of ``seed``'s noise (:func:`bdense_core.teacher.noise_batches`), whatever the
+    batch size. With ``k_choices`` only the grid points those branch counts need are kept. On CUDA with
+    ``config.fast`` the teacher runs on the compiled bf16 sampler (batches of ``fast.SAMPLE_BATCH``);
+    eagerly it runs in batches of ``batch_size``, under bf16 autocast when ``config.amp`` is set on CUDA (the
+    solver's state updates stay fp32 either way).
     """
+    fast = use_fast(teacher.device, config.fast)
+    batch = SAMPLE_BATCH if fast else batch_size
     g = generator(seed, teacher.device)
     points = needed_points(config, k_choices) if k_choices else None
     chunks = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        x_T = torch.randn((b, *teacher.image_shape), generator=g, device=teacher.device) * config.sigma_max
-        with autocast(teacher.device, config.amp):
-            states = teacher_trajectories(teacher, x_T, config).float()
+    for x_T, rows in noise_batches(n, teacher.image_shape, config.sigma_max, g, batch, pad=fast):
+        states = teacher_trajectories(teacher, x_T, config, fast=fast, amp=config.amp)[:rows]
         if points is not None:
             states = states[:, list(points)]
         chunks.append(states.to(dtype=dtype, device=device or teacher.device))
     return TrajectoryBank(torch.cat(chunks), config.teacher_grid(), points)
 
 
-def bank_key(teacher_key: str, config: SFDConfig, n: int, seed: int, k_choices: tuple[int, ...] | None) -> str:
-    """A file name for a bank: the teacher, the grid, the points, the size and the seed decide it."""
+def bank_key(teacher_key: str, config: SFDConfig, n: int, seed: int, k_choices: tuple[int, ...] | None,
+             fast: bool = False) -> str:
+    """A file name for a bank: the teacher, the grid, the points, the size, the seed and the path (fast or
+    eager, amp) that computed it decide it."""
     import hashlib
 
-    what = (teacher_key, config.intervals, config.teacher_substeps, config.teacher_solver, config.sigma_min,
-            config.sigma_max, config.rho, config.amp, n, seed, needed_points(config, k_choices) if k_choices else None)
+    what = ("v2", teacher_key, config.intervals, config.teacher_substeps, config.teacher_solver, config.sigma_min,
+            config.sigma_max, config.rho, config.amp, fast, n, seed,
+            needed_points(config, k_choices) if k_choices else None)
     return "bank-" + hashlib.sha256(repr(what).encode()).hexdigest()[:16] + ".pt"
 
 
@@ -175,11 +262,13 @@ def cached_trajectory_bank(
     dtype: torch.dtype = torch.float16,
 ) -> TrajectoryBank:
     """:func:`build_trajectory_bank`, saved under ``root/banks`` and loaded from there by every later process
-    (the workers of a study load the bank their parent built instead of solving the teacher again)."""
+    (the workers of a study load the bank their parent built instead of solving the teacher again). One file
+    per seed: trials of different seeds train on different paths."""
     import os
     from pathlib import Path
 
-    path = Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices)
+    fast = use_fast(teacher.device, config.fast)
+    path = Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices, fast)
     if path.exists():
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -194,22 +283,304 @@ def cached_trajectory_bank(
     return bank
 
 
-def _identity(indices: list[int]) -> list[int]:
-    return indices
+def afs_step(x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """SFD's analytical first step: Euler with ``d = x / sqrt(1 + t^2)`` instead of a network call."""
+    return x + (t_next - t) * x / math.sqrt(1 + t * t)
 
 
 def sfd_sample(student, x: torch.Tensor, config: SFDConfig) -> torch.Tensor:
     """The student's few-step sampler: AFS (if on), then one Euler step per interval with branch K."""
-    grid = config.teacher_grid().to(x.device)
+    vals, dev = grid_values(config.teacher_grid(), x.device)
     s = config.teacher_substeps
     for i in range(config.intervals):
-        t, t_next = grid[i * s], grid[(i + 1) * s]
+        t, t_next = vals[i * s], vals[(i + 1) * s]
         if i == 0 and config.afs:
-            d = x / torch.sqrt(1 + t**2)
+            x = afs_step(x, t, t_next)
         else:
-            d = (x - student(x, t)) / t
-        x = x + (t_next - t) * d
+            x = x + (t_next - t) * (x - student(x, dev[i * s])) / t
     return x
+
+
+def branch_losses(x: torch.Tensor, t: torch.Tensor, taus: torch.Tensor, denoised: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every branch's Euler jump and L1 loss in one tensor operation (any leading dims ``...``, e.g. students).
+
+    ``x``: ``[..., B, C, H, W]`` at sigma ``t``; ``taus``: ``[..., K]``; ``denoised`` and ``targets``:
+    ``[..., B, K, C, H, W]``. Branch k jumps to ``x + (tau_k - t) (x - denoised_k) / t``; its loss is the
+    L1 distance to ``targets[..., k]`` summed over pixels and averaged over the batch. Returns
+    ``(jumps [..., B, K, C, H, W], per_branch [..., K])``.
+    """
+    xk = x.unsqueeze(-4)
+    tau = taus[..., None, :, None, None, None]
+    jumps = xk + (tau - t) * (xk - denoised) / t
+    per_branch = (jumps - targets).abs().flatten(-3).sum(-1).mean(-2)
+    return jumps, per_branch
+
+
+class SFDStep(nn.Module):
+    """One student interval for N students: forward, K jumps, branch losses; what one optimiser update needs.
+
+    ``forward(x [N,B,C,H,W], t 0-d, taus [N,H], targets [N,H,B,C,H,W], weights [N,H], end [N])`` returns
+    ``(loss, stats, x_next)``: the loss summed over students (each student's weighted branch sum), per-student
+    ``stats [N, H + 2]`` = (weighted loss, the H branch losses, the endpoint branch's loss), and each
+    student's endpoint jump ``x_next [N,B,C,H,W]`` (detached), branch ``end[n]`` of student n.
+    """
+
+    def __init__(self, stack: StudentStack, bf16: bool):
+        super().__init__()
+        self.stack = stack
+        self.bf16 = bf16
+
+    def forward(self, x, t, taus, targets, weights, end):
+        with autocast(x.device, self.bf16):
+            denoised = self.stack(x, t)
+        jumps, per_branch = branch_losses(x, t, taus, denoised, targets.transpose(1, 2).float())
+        weighted = weights * per_branch
+        x_next = torch.take_along_dim(jumps, end.view(-1, 1, 1, 1, 1, 1), dim=2).squeeze(2)
+        stats = torch.cat([weighted.sum(1, keepdim=True), per_branch, per_branch.gather(1, end[:, None])], 1)
+        return weighted.sum(), stats.detach(), x_next.detach()
+
+
+class SFDEngine:
+    """The persistent training state of N students of one architecture: stacked weights and the (compiled)
+    interval step. ``start(init_state, lr, fused)`` begins a trial: every slot gets ``init_state``, the
+    optimiser is new (fresh Adam state). On the fast path engines are cached per process, so their compiled
+    graphs (and CUDA graphs) are reused by every later trial of the same shape."""
+
+    def __init__(self, template, n: int, bf16: bool, compile_step: bool):
+        self.stack = StudentStack(template, n, batched=n > 1)
+        self.step_fn = SFDStep(self.stack, bf16)
+        self.step = compiled(self.step_fn) if compile_step else self.step_fn
+        self.opt = None
+        self.busy = False
+
+    def start(self, init_state: dict, lr: float, fused: bool) -> None:
+        self.stack.load(init_state)
+        self.opt = adam(list(self.stack.flat), lr, fused=fused)
+
+    @torch.no_grad()
+    def reset_slot(self, slot: int, init_state: dict) -> None:
+        """Put slot ``slot`` back to ``init_state`` with zero optimiser moments (a stopped student stays finite)."""
+        self.stack.load(init_state, slots=[slot])
+        for p in self.stack.flat:
+            for value in self.opt.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == self.stack.n:
+                    value[slot].zero_()
+
+
+_ENGINES: dict[tuple, SFDEngine] = {}
+
+
+def _engine(teacher: Teacher, n: int, head: int, batch: int, fast: bool, bf16: bool) -> SFDEngine:
+    if not fast:
+        return SFDEngine(make_student(teacher.denoiser, head), n, bf16, compile_step=False)
+    d = teacher.denoiser
+    key = (d.net.config, d.channels, d.sigma_data, n, head, batch, str(teacher.device))
+    if key not in _ENGINES:
+        _ENGINES[key] = SFDEngine(make_student(d, head), n, bf16=True, compile_step=True)
+    return _ENGINES[key]
+
+
+def _student_tables(configs, banks, head: int, grid: torch.Tensor, device):
+    """Per interval: each student's branch targets (bank columns or grid indices) and jump sigmas padded to
+    ``head`` branches; the weights (0 for unused branches) and each student's endpoint branch."""
+    ref = configs[0]
+    cols, taus = {}, {}
+    for i in ref.trained_intervals():
+        c_rows, t_rows = [], []
+        for cfg, bank in zip(configs, banks):
+            idx = cfg.branch_indices(i)
+            idx = idx + [idx[-1]] * (head - len(idx))
+            c_rows.append(bank.columns(idx) if bank is not None else idx)
+            t_rows.append(grid[idx])
+        cols[i] = torch.tensor(c_rows, device=device)
+        taus[i] = torch.stack(t_rows).to(device)
+    w = torch.zeros(len(configs), head)
+    for n, cfg in enumerate(configs):
+        w[n, :cfg.branches] = cfg.weights.weights(cfg.branches)
+    end = torch.tensor([cfg.branches - 1 for cfg in configs], device=device)
+    return cols, taus, w.to(device), end
+
+
+def batch_key(config: SFDConfig) -> SFDConfig:
+    """What students must share to train together: everything but K, the branch weights and the seed."""
+    return replace(config, branches=1, weights=BranchWeights(), seed=0)
+
+
+def train_sfd_many(teacher: Teacher, configs, banks=None, callbacks=None, progress: bool = False,
+                   head: int | None = None) -> list[DistillResult | BaseException]:
+    """Train one SFD + B-DENSE student per config, all at once as one batched model (see the module text).
+
+    The configs must share :meth:`SFD.batch_key`, and their banks (one per config, or None for fresh paths)
+    must all be banks or all None, with the same points. Returns, per config, its :class:`DistillResult`
+    (history exactly as a student trained alone would record it) or the exception that stopped it: its
+    callback raised (e.g. a pruner), its loss diverged (DivergenceError), or its bank does not fit it
+    (ValueError). The others go on; KeyboardInterrupt propagates. ``head`` overrides the head's branch
+    groups (default: S on the fast path, the largest K otherwise).
+    """
+    configs, banks, callbacks = per_config(configs, banks, callbacks)
+    ref = configs[0]
+    if len({batch_key(c) for c in configs}) > 1:
+        raise ValueError("train_sfd_many: these configs differ in more than K, weights and seed; group them by "
+                         "SFD.batch_key")
+    if len({None if b is None else b.points for b in banks}) > 1:
+        raise ValueError("train_sfd_many: the students' banks must all be banks with the same points, or all None")
+    device = teacher.device
+    fast = use_fast(device, ref.fast)
+    results: list = [None] * len(configs)
+    for n, (cfg, bank) in enumerate(zip(configs, banks)):
+        if bank is not None:
+            try:
+                bank.check(cfg)
+            except ValueError as e:
+                results[n] = e
+    live = [n for n in range(len(configs)) if results[n] is None]
+    if live:
+        out = _train_group(teacher, [configs[n] for n in live], [banks[n] for n in live],
+                           [callbacks[n] for n in live], progress, fast, head)
+        for n, r in zip(live, out):
+            results[n] = r
+    return results
+
+
+def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
+    ref = configs[0]
+    device = teacher.device
+    n_students = len(configs)
+    head = head or (ref.teacher_substeps if fast else max(c.branches for c in configs))
+    if head < max(c.branches for c in configs):
+        raise ValueError(f"a head of {head} branches cannot hold K = {max(c.branches for c in configs)}")
+    grid = ref.teacher_grid()
+    vals, grid_dev = grid_values(grid, device)
+    s = ref.teacher_substeps
+    shape, batch = teacher.image_shape, ref.batch_size
+
+    streams: dict[tuple, PathStream] = {}
+    stream_of = []
+    for cfg, bank in zip(configs, banks):
+        key = (cfg.seed, id(bank))
+        if key not in streams:
+            streams[key] = PathStream(cfg.seed, bank, device)
+        stream_of.append(list(streams).index(key))
+    stream_list = list(streams.values())
+    u_of_n = torch.tensor(stream_of, device=device)
+    cols, taus, weights, end = _student_tables(configs, banks, head, grid, device)
+    active_w = weights.clone()  # a stopped student's row becomes 0: no loss, no gradient
+
+    engine = _engine(teacher, n_students, head, batch, fast, bf16=fast or ref.amp)
+    if engine.busy:
+        raise RuntimeError("this process is already training students of this shape; train one group at a time")
+    engine.busy = True
+    try:
+        init = make_student(teacher.denoiser, head).state_dict()
+        engine.start(init, ref.lr, fused=fast)
+        log_every = ref.log_every or (FAST_LOG_EVERY if fast else 1)
+        n_trained = len(ref.trained_intervals())
+        log = torch.zeros(log_every, n_students, head + 2, device=device)
+        histories = [[] for _ in configs]
+        active = [True] * n_students
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            what = f"K={ref.branches}" if n_students == 1 else f"{n_students} students"
+            bar = tqdm(total=ref.iterations, desc=f"SFD {what}", leave=False, dynamic_ncols=True)
+
+        def stop(n: int, why: BaseException) -> None:
+            active[n] = False
+            results[n] = why
+            active_w[n].zero_()
+            engine.reset_slot(n, init)
+
+        def flush(first: int, rows: int) -> None:
+            """Read ``rows`` iterations of records (one sync), check them, deliver them."""
+            data = (log[:rows] / n_trained).cpu()
+            for j in range(rows):
+                step = first + j + 1
+                for n, cfg in enumerate(configs):
+                    if not active[n]:
+                        continue
+                    row = data[j, n].tolist()
+                    if not all(map(math.isfinite, row[:cfg.branches + 1] + row[-1:])):
+                        bad = row[0] if not math.isfinite(row[0]) else float("nan")
+                        stop(n, DivergenceError(f"distillation loss became {bad} at step {step}; lower the "
+                                                f"learning rate or the weights"))
+                        continue
+                    rec = {"step": float(step), "loss": row[0]}
+                    rec.update({f"loss_branch_{k + 1}": row[1 + k] for k in range(cfg.branches)})
+                    rec["endpoint_l1"] = row[-1] / math.prod(shape)
+                    histories[n].append(rec)
+                    if callbacks[n] is not None:
+                        try:
+                            callbacks[n](rec)
+                        except Exception as e:  # noqa: BLE001 - this student stops, the others go on
+                            stop(n, e)
+            if bar is not None:
+                bar.update(rows)
+                live = [h[-1]["loss"] for n, h in enumerate(histories) if active[n] and h]
+                if live:
+                    bar.set_postfix(loss=f"{sum(live) / len(live):.3f}")
+
+        results = [None] * n_students
+        start = time.perf_counter()
+        first = 0
+        for it in range(ref.iterations):
+            if it == int(ref.lr_drop_at * ref.iterations):
+                for group in engine.opt.param_groups:
+                    group["lr"] = ref.lr / 10 if it > 0 else ref.lr
+            if fast:
+                new_step()
+            states = _draw(stream_list, teacher, ref, batch, fast)  # [U, B, P, C, H, W]
+            x = states[u_of_n, :, 0].float()
+            row = log[it - first]
+            row.zero_()
+            for i in range(ref.intervals):
+                if i == 0 and ref.afs:
+                    x = afs_step(x, vals[0], vals[s])
+                    continue
+                targets = states[u_of_n[:, None], :, cols[i]]  # [N, head, B, C, H, W]
+                loss, stats, x_next = engine.step(x, grid_dev[i * s], taus[i], targets, active_w, end)
+                loss.backward()
+                engine.opt.step()
+                engine.opt.zero_grad(set_to_none=True)
+                row += stats
+                x = x_next.clone()
+            if it + 1 - first == log_every or it + 1 == ref.iterations:
+                flush(first, it + 1 - first)
+                first = it + 1
+                if not any(active):
+                    break
+        if bar is not None:
+            bar.close()
+        wall = time.perf_counter() - start
+        for n, cfg in enumerate(configs):
+            if active[n]:
+                student = make_student(teacher.denoiser, cfg.branches)
+                student.load_state_dict(select_branches(engine.stack.state(n), student.channels,
+                                                        list(range(cfg.branches)), prefix="net."))
+                student.eval().requires_grad_(False)
+                results[n] = _result(student, cfg, teacher, histories[n], wall)
+        return results
+    finally:
+        engine.busy = False
+        engine.opt = None
+
+
+def _draw(streams: list[PathStream], teacher: Teacher, config: SFDConfig, batch: int, fast: bool) -> torch.Tensor:
+    """One batch of teacher paths per stream: ``[U, B, P, C, H, W]`` (bank rows, or the teacher's fresh solve)."""
+    if streams[0].bank is not None:
+        return torch.stack([st.bank.states[st.rows(batch)] for st in streams]).to(teacher.device, non_blocking=True)
+    x_T = torch.cat([st.x_T(batch, teacher.image_shape, config.sigma_max) for st in streams])
+    states = teacher_trajectories(teacher, x_T, config, fast=fast)
+    return states.view(len(streams), batch, *states.shape[1:])
+
+
+def _result(student, config: SFDConfig, teacher: Teacher, history, wall: float) -> DistillResult:
+    return DistillResult(
+        student, config, teacher, history, wall, len(history) * config.batch_size,
+        sampler=lambda x: sfd_sample(student, x, config),
+        solve_with=lambda denoiser, x: sfd_sample(denoiser, x, config),
+    )
 
 
 def distill_sfd(
@@ -219,87 +590,23 @@ def distill_sfd(
     callback: StepCallback | None = None,
     progress: bool = False,
 ) -> DistillResult:
-    """Train a K-branch student with SFD + B-DENSE. With ``bank`` the teacher's paths come from it."""
-    device = teacher.device
-    grid = config.teacher_grid().to(device)
-    if bank is not None and (bank.grid.shape != grid.shape or not torch.allclose(bank.grid.to(device), grid)):
-        raise ValueError("the trajectory bank was built for another grid (NFE, AFS, S or sigma range differ)")
-    if bank is not None:
-        for i in range(1 if config.afs else 0, config.intervals):
-            bank.columns(config.branch_indices(i))  # fails now, not in the middle of training
-    student = make_student(teacher.denoiser, config.branches)
-    opt = adam(student.parameters(), config.lr)
-    weights = config.weights.weights(config.branches).to(device)
-    g = generator(config.seed, device)
-    s = config.teacher_substeps
-    history = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    """Train a K-branch student with SFD + B-DENSE. With ``bank`` the teacher's paths come from it.
 
-        bar = tqdm(total=config.iterations, desc=f"SFD K={config.branches}", leave=False, dynamic_ncols=True)
-    start = time.perf_counter()
-    for it in range(config.iterations):
-        if it == int(config.lr_drop_at * config.iterations):
-            for group in opt.param_groups:
-                group["lr"] = config.lr / 10 if it > 0 else config.lr
-        if bank is not None:
-            states = bank.batch(config.batch_size, g)
-            cols = bank.columns
-        else:
-            x_T = torch.randn((config.batch_size, *teacher.image_shape), generator=g, device=device) * config.sigma_max
-            states = teacher_trajectories(teacher, x_T, config)
-            cols = _identity
-        x = states[:, 0]
-        totals, branch_sums, endpoint = [], torch.zeros(config.branches), []
-        for i in range(config.intervals):
-            t = grid[i * s]
-            if i == 0 and config.afs:
-                x = x + (grid[s] - t) * x / torch.sqrt(1 + t**2)
-                continue
-            idx = config.branch_indices(i)
-            taus = grid[idx].view(1, -1, 1, 1, 1)
-            with autocast(device, config.amp):
-                denoised = student.all_branches(x, t)  # [B, K, C, H, W]
-            jumps = x.unsqueeze(1) + (taus - t) * (x.unsqueeze(1) - denoised) / t
-            # L1 summed over pixels, averaged over the batch: one value per branch
-            per_branch = (jumps - states[:, cols(idx)]).abs().flatten(2).sum(2).mean(0)
-            loss = (weights * per_branch).sum()
-            check_finite(loss, it + 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            x = jumps[:, -1].detach()
-            totals.append(loss.detach())
-            branch_sums += per_branch.detach().cpu()
-            endpoint.append(per_branch[-1].detach())
-        n_trained = len(totals)
-        rec = branch_record(
-            it + 1, torch.stack(totals).mean(), branch_sums / n_trained,
-            endpoint_l1=float(torch.stack(endpoint).mean()) / math.prod(teacher.image_shape),
-        )
-        history.append(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        if callback is not None:
-            callback(rec)
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - start
-    student.eval().requires_grad_(False)
-    return DistillResult(
-        student, config, teacher, history, wall, config.iterations * config.batch_size,
-        sampler=lambda x: sfd_sample(student, x, config),
-    )
+    Raises what stopped it (its callback's exception, DivergenceError, or ValueError for a bank that does not
+    fit)."""
+    result = train_sfd_many(teacher, [config], [bank], [callback], progress)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 @torch.no_grad()
 def endpoint_error(student, teacher: Teacher, config: SFDConfig, n: int = 64, seed: int = 12345) -> float:
-    """Mean absolute pixel error of the student's final sample against the teacher's, from the same x_T."""
+    """Mean absolute pixel error of the student's final sample against the teacher's, from the same x_T
+    (eager fp32 teacher and student)."""
     g = generator(seed, teacher.device)
     x_T = torch.randn((n, *teacher.image_shape), generator=g, device=teacher.device) * config.sigma_max
-    target = teacher_trajectories(teacher, x_T, config)[:, -1]
+    target = teacher_trajectories(teacher, x_T, config, fast=False)[:, -1]
     return float((sfd_sample(student, x_T, config) - target).abs().mean())
 
 
@@ -323,22 +630,42 @@ class SFD(Framework):
     def train(self, teacher, config, *, data=None, bank=None, callback=None, progress=False) -> DistillResult:
         return distill_sfd(teacher, config, bank=bank, callback=callback, progress=progress)
 
-    def for_study(self, config: SFDConfig, k_choices: tuple[int, ...], nfe: int | None = None) -> SFDConfig:
-        from dataclasses import replace
+    def batch_key(self, config: SFDConfig):
+        """Everything but K, the branch weights and the seed: the teacher grid, NFE, batch, iterations, lr
+        schedule, amp/fast and the logging interval (:func:`batch_key`)."""
+        return batch_key(config)
 
+    def train_many(self, teacher, configs, *, data=None, bank=None, callbacks=None, progress=False):
+        """Configs with equal :meth:`batch_key` (and banks with the same points) train as one batched model;
+        groups train one after another. ``bank``: None (fresh paths), one bank for all, or one per config (a
+        bank per seed; students sharing seed and bank share their path stream)."""
+        configs, banks, callbacks = per_config(configs, bank, callbacks)
+        groups: dict = {}
+        for n, (cfg, bk) in enumerate(zip(configs, banks)):
+            groups.setdefault((self.batch_key(cfg), None if bk is None else bk.points), []).append(n)
+        results: list = [None] * len(configs)
+        for members in groups.values():
+            out = train_sfd_many(teacher, [configs[n] for n in members], [banks[n] for n in members],
+                                 [callbacks[n] for n in members], progress)
+            for n, r in zip(members, out):
+                results[n] = r
+        return results
+
+    def for_study(self, config: SFDConfig, k_choices: tuple[int, ...], nfe: int | None = None) -> SFDConfig:
         s = _lcm([config.teacher_substeps, *k_choices])
         return replace(config, nfe=config.nfe if nfe is None else nfe, branches=max(k_choices), teacher_substeps=s)
 
     def for_trial(self, config: SFDConfig, *, branches: int, weights: BranchWeights, seed: int,
                   nfe: int | None = None) -> SFDConfig:
-        from dataclasses import replace
-
         return replace(config, nfe=config.nfe if nfe is None else nfe, branches=branches, weights=weights, seed=seed)
 
     def settings(self, config: SFDConfig) -> dict:
         return dict(teacher_substeps=config.teacher_substeps, afs=config.afs, teacher_solver=config.teacher_solver)
 
     def shared_paths(self, teacher, config: SFDConfig, *, size: int, seed: int, root, k_choices: tuple[int, ...]):
+        """The bank of ``size`` paths from ``seed``'s noise (cached on disk per seed), or None when size <= 0
+        (fresh paths). Pass the trial's seed for paths that vary with it; one seed for all trials makes the bank
+        "shared", which the study must record."""
         if size <= 0:
             return None
         return cached_trajectory_bank(teacher, size, config, seed=seed, root=root, k_choices=tuple(k_choices))

@@ -1,0 +1,109 @@
+"""The fast path on CUDA: compiled networks (torch.compile with CUDA graphs), bf16 autocast, channels_last.
+
+One switch decides it everywhere: :func:`use_fast` is true on CUDA unless the caller passes ``fast=False``
+(``SFDConfig.fast``, the study's CLI flag); the CPU always runs the eager path.
+
+Compilation is paid once per process: every compiled object here is cached by what its graph depends on
+(architecture, batch, device), holds persistent parameter buffers, and takes a new model by copying that
+model's weights into those buffers. CUDA graphs need exactly that (fixed addresses, fixed shapes), and the
+networks here are small (a few million parameters at 32 px), so launch overhead, not arithmetic, is what the
+eager path pays: ``mode="reduce-overhead"`` (CUDA graph trees) removes it, and Inductor fuses the pointwise
+work and lays convolutions out channels_last. ``BDENSE_COMPILE_MODE`` selects another torch.compile mode
+(e.g. ``max-autotune-no-cudagraphs``) without touching the code, for diagnosis on a new machine.
+
+A compiled graph's outputs live in memory that its next replay overwrites: everything here hands back
+clones, so callers keep what they get.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+
+import torch
+from torch import nn
+
+from .edm import EDMPrecond
+from .networks import UNet, select_branches
+
+# Batch of the compiled sampler: teacher sampling, student sampling and trajectory banks all run through one
+# graph of this batch (the last batch is padded), so a worker compiles the sampler once.
+SAMPLE_BATCH = 1000
+
+
+def use_fast(device: torch.device | str, fast: bool | None = None) -> bool:
+    """Whether the fast path runs: on CUDA unless ``fast`` is False; never on another device."""
+    return torch.device(device).type == "cuda" and fast is not False
+
+
+def compile_mode() -> str:
+    """torch.compile's mode for the fast path: ``reduce-overhead`` (CUDA graphs) unless BDENSE_COMPILE_MODE says."""
+    return os.environ.get("BDENSE_COMPILE_MODE", "reduce-overhead")
+
+
+def compiled(module: nn.Module):
+    """``module`` compiled for the fast path (static shapes: one graph per input shape)."""
+    return torch.compile(module, mode=compile_mode(), dynamic=False)
+
+
+def new_step() -> None:
+    """Tell CUDA graph trees that a new iteration begins (outputs of earlier replays may then be reused)."""
+    if "reduce-overhead" in compile_mode():
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+class _Bf16Endpoint(nn.Module):
+    """``denoiser(x, sigma)`` (endpoint branch, fp32 out) with the network under bf16 autocast, channels_last."""
+
+    def __init__(self, denoiser: EDMPrecond):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return self.denoiser(x.contiguous(memory_format=torch.channels_last), sigma)
+
+
+class SamplingEngine:
+    """A compiled one-branch denoiser of one architecture at one batch size, persistent for the process.
+
+    ``load(denoiser)`` copies the endpoint branch of any denoiser of that architecture (a teacher, or a K-branch
+    student: its branch K) into the engine's own weights; calling the engine then equals calling ``denoiser``
+    (within bf16 rounding). Inputs must have exactly ``batch`` rows (pad the last batch). A module is copied
+    again only when a different module is loaded: load a module again with ``force=True`` after changing its
+    weights in place.
+    """
+
+    def __init__(self, net: UNet, channels: int, sigma_data: float, batch: int, device: torch.device):
+        self.batch = batch
+        self.model = EDMPrecond(UNet(net.config), channels, sigma_data).to(device).eval().requires_grad_(False)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.run = compiled(_Bf16Endpoint(self.model))
+        self._loaded = None
+
+    def load(self, denoiser: EDMPrecond, force: bool = False) -> "SamplingEngine":
+        if force or self._loaded is None or self._loaded() is not denoiser:
+            state = select_branches(denoiser.state_dict(), denoiser.channels, [denoiser.branches - 1], prefix="net.")
+            with torch.no_grad():
+                self.model.load_state_dict(state)
+            self._loaded = weakref.ref(denoiser)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.batch:
+            raise ValueError(f"the compiled sampler takes batches of {self.batch}, got {x.shape[0]}; pad the batch")
+        new_step()
+        return self.run(x, sigma).clone()
+
+
+_SAMPLERS: dict[tuple, SamplingEngine] = {}
+
+
+def sampling_engine(denoiser: EDMPrecond, batch: int = SAMPLE_BATCH) -> SamplingEngine:
+    """The process's compiled sampler for ``denoiser``'s architecture at ``batch``, with ``denoiser`` loaded."""
+    device = next(denoiser.parameters()).device
+    key = (denoiser.net.config, denoiser.channels, denoiser.sigma_data, batch, str(device))
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = SamplingEngine(denoiser.net, denoiser.channels, denoiser.sigma_data, batch, device)
+    return _SAMPLERS[key].load(denoiser)

@@ -1,0 +1,260 @@
+"""Several students per process, the batched K-branch loss, seeded path streams, training lengths, and (on CUDA)
+the compiled fast path against the eager one."""
+
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bdense_core.distill import DivergenceError, SFDConfig, build_trajectory_bank, distill, get_framework
+from bdense_core.distill.sfd import PathStream, TrajectoryBank, branch_losses, train_sfd_many
+from bdense_core.presets import LENGTHS, PRESETS, get_preset
+from bdense_core.schedule import BranchWeights
+from bdense_core.teacher import train_teacher
+
+TINY = get_preset("tiny")
+SFD = get_framework("sfd")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return train_teacher(TINY.teacher, "cpu", root=tmp_path_factory.mktemp("cache"))
+
+
+def short(**kw) -> SFDConfig:
+    return replace(TINY.config("sfd"), **{"iterations": 3, "batch_size": 8, **kw})
+
+
+# three students of one batch: mixed K (4, 2, 1), their own (a, b), two seeds (students 1 and 3 share seed 0)
+MIXED = [
+    dict(branches=4, weights=BranchWeights(a=0.3, b=0.5), seed=0),
+    dict(branches=2, weights=BranchWeights(a=-0.2, b=2.0), seed=1),
+    dict(branches=1, weights=BranchWeights(a=0.0, b=3.0), seed=0),
+]
+
+
+def assert_same_student(alone, batched, teacher):
+    """Same records (within 1e-5) and the same network function (outputs and samples within 1e-5).
+
+    The weights themselves are not compared: biases that feed a GroupNorm have gradients that are rounding
+    noise (the normalisation removes them), and Adam scales any gradient to a step of about lr, so those
+    biases differ between any two float orderings while the function the network computes does not."""
+    assert len(alone.history) == len(batched.history) == alone.config.iterations
+    for a, b in zip(alone.history, batched.history):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+    k = alone.config.branches
+    assert batched.student.branches == k  # the head handed back has exactly K branches
+    x = torch.randn(6, *teacher.image_shape, generator=torch.Generator().manual_seed(7)) * 2
+    with torch.no_grad():
+        for sigma in (0.5, 3.0, 20.0):
+            oa = alone.student.all_branches(x * sigma, torch.tensor(sigma))
+            ob = batched.student.all_branches(x * sigma, torch.tensor(sigma))
+            assert (oa - ob).abs().max() <= 1e-5 * (1 + oa.abs().max())
+    assert (alone.sample(6, seed=1) - batched.sample(6, seed=1)).abs().max() <= 1e-5
+
+
+def test_batched_students_equal_separately_trained_ones_from_a_bank(teacher):
+    """N = 3 students trained as one batched model for 3 iterations equal the same 3 trained alone (mixed K,
+    own (a, b), two seeds sharing one bank: each seed its own draw order)."""
+    configs = [short(**m) for m in MIXED]
+    bank = build_trajectory_bank(teacher, 40, configs[0], seed=0, batch_size=20, k_choices=(1, 2, 4))
+    together = SFD.train_many(teacher, configs, bank=bank)
+    for cfg, batched in zip(configs, together):
+        assert_same_student(distill(teacher, cfg, bank=bank), batched, teacher)
+
+
+def test_batched_students_equal_separately_trained_ones_on_fresh_paths(teacher):
+    configs = [replace(short(**m), iterations=2) for m in MIXED[:2]]
+    together = SFD.train_many(teacher, configs)
+    for cfg, batched in zip(configs, together):
+        assert_same_student(distill(teacher, cfg), batched, teacher)
+
+
+def test_a_wider_head_changes_nothing(teacher):
+    """A K = 1 student in a head of S = 4 branch groups (the fast path's head) equals a K = 1 student alone."""
+    cfg = short(branches=1, weights=BranchWeights(b=2.0))
+    wide = train_sfd_many(teacher, [cfg], head=4)[0]
+    assert_same_student(distill(teacher, cfg), wide, teacher)
+
+
+def test_batched_branch_loss_equals_the_per_branch_loop():
+    g = torch.Generator().manual_seed(0)
+    n, b, k = 3, 5, 4
+    x = torch.randn(n, b, 1, 6, 6, generator=g) * 4
+    t = torch.tensor(3.0)
+    taus = torch.sort(torch.rand(n, k, generator=g) * 3, dim=1, descending=True).values
+    denoised = torch.randn(n, b, k, 1, 6, 6, generator=g)
+    targets = torch.randn(n, b, k, 1, 6, 6, generator=g)
+    jumps, per_branch = branch_losses(x, t, taus, denoised, targets)
+    for s in range(n):
+        for j in range(k):  # the loop it replaces: one Euler jump and one L1 sum per student and branch
+            jump = x[s] + (taus[s, j] - t) * (x[s] - denoised[s, :, j]) / t
+            assert torch.allclose(jumps[s, :, j], jump, atol=1e-6)
+            loss = (jump - targets[s, :, j]).abs().flatten(1).sum(1).mean()
+            assert per_branch[s, j] == pytest.approx(float(loss), rel=1e-6)
+    one = branch_losses(x[1], t, taus[1], denoised[1], targets[1])[1]  # no leading student dim
+    assert torch.allclose(one, per_branch[1])
+
+
+def test_seeds_draw_different_paths_and_a_bank_is_drawn_without_replacement():
+    shape = (1, 4, 4)
+    a, b, a2 = (PathStream(s, None, torch.device("cpu")) for s in (0, 1, 0))
+    xa = a.x_T(8, shape, 80.0)
+    assert not torch.allclose(xa, b.x_T(8, shape, 80.0))
+    assert torch.equal(xa, a2.x_T(8, shape, 80.0))  # same seed, same paths
+    bank = TrajectoryBank(torch.randn(12, 1, *shape), torch.zeros(1))
+    s0, s1 = PathStream(0, bank, torch.device("cpu")), PathStream(1, bank, torch.device("cpu"))
+    first = torch.cat([s0.rows(5) for _ in range(2)] + [s0.rows(2)])  # one pass: 12 rows in batches 5, 5, 2
+    assert sorted(first.tolist()) == list(range(12))
+    crossing = s0.rows(8)  # takes the next pass's first 8 rows...
+    rest = s0.rows(4)  # ...and these are that pass's last 4
+    assert sorted(torch.cat([crossing, rest]).tolist()) == list(range(12))
+    other = torch.cat([s1.rows(4) for _ in range(3)])
+    assert sorted(other.tolist()) == list(range(12)) and not torch.equal(other, first)
+
+
+def test_two_seeds_train_on_different_paths(teacher):
+    """The same configuration at two seeds: different teacher paths (fresh x_T), so different loss records;
+    the same seed twice: the same records."""
+    s0, s1, again = (distill(teacher, short(branches=2, seed=seed, iterations=2)) for seed in (0, 1, 0))
+    assert s0.history[0]["loss"] != pytest.approx(s1.history[0]["loss"], rel=1e-3)
+    assert [r["loss"] for r in s0.history] == [r["loss"] for r in again.history]
+
+
+def test_one_student_stopping_leaves_the_others_untouched(teacher):
+    class Pruned(Exception):
+        pass
+
+    def prune_at_2(rec):
+        if rec["step"] == 2:
+            raise Pruned
+
+    seen = []
+    configs = [short(branches=2), short(branches=4, seed=1),
+               short(branches=2, seed=2, weights=BranchWeights(b=1e39))]  # the weight overflows to inf
+    out = SFD.train_many(teacher, configs, callbacks=[seen.append, prune_at_2, None])
+    assert isinstance(out[1], Pruned)
+    assert isinstance(out[2], DivergenceError)
+    assert re.search("became (nan|inf) at step 1;", str(out[2]))
+    assert [r["step"] for r in seen] == [1.0, 2.0, 3.0]
+    assert_same_student(distill(teacher, configs[0]), out[0], teacher)
+
+    def interrupt(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SFD.train_many(teacher, configs[:2], callbacks=[None, interrupt])
+
+
+def test_a_framework_without_batching_trains_many_one_after_another(teacher):
+    from bdense_core.data import load_images
+
+    pd = get_framework("pd")
+    cfg = replace(TINY.config("pd"), iterations=2, rounds=1)
+
+    def stop(rec):
+        raise RuntimeError("pruned")
+
+    out = pd.train_many(teacher, [cfg, replace(cfg, seed=1)], data=load_images(TINY.teacher.data),
+                        callbacks=[None, stop])
+    assert len(out[0].history) == 2 and isinstance(out[1], RuntimeError)
+
+
+def test_records_read_in_bursts_equal_records_read_every_iteration(teacher):
+    every = distill(teacher, short(branches=4, iterations=5))
+    bursts = []
+    burst = distill(teacher, short(branches=4, iterations=5, log_every=3), callback=bursts.append)
+    assert [r["step"] for r in bursts] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert burst.history == bursts
+    for a, b in zip(every.history, burst.history):
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_batch_key_groups_what_may_train_together(teacher):
+    base = short(branches=4)
+    same = [base, replace(base, branches=1, seed=5, weights=BranchWeights(a=1.0))]
+    assert SFD.batch_key(same[0]) == SFD.batch_key(same[1])
+    for change in (dict(iterations=4), dict(batch_size=4), dict(lr=1e-3), dict(nfe=3), dict(fast=False),
+                   dict(amp=True), dict(teacher_substeps=8)):
+        assert SFD.batch_key(replace(base, **change)) != SFD.batch_key(base), change
+    assert get_framework("pd").batch_key(TINY.config("pd")) is None
+    # mixed keys in one call: grouped, results in the callers' order
+    configs = [short(branches=2), replace(short(branches=1), iterations=2), short(branches=1, seed=3)]
+    out = SFD.train_many(teacher, configs)
+    assert [len(r.history) for r in out] == [3, 2, 3]
+    assert [r.config for r in out] == configs
+
+
+def test_lengths_by_name():
+    assert LENGTHS == ("screen", "full")
+    for preset in PRESETS.values():
+        assert preset.at_length("screen") is preset and preset.length == "screen"
+        full = preset.at_length("full")
+        assert full.length == "full" and full.at_length("screen") == preset
+        sfd, screen = full.config("sfd"), preset.config("sfd")
+        assert sfd.iterations >= screen.iterations and full.config("pd").iterations >= preset.config("pd").iterations
+        assert full.bank_size == 0 or full.bank_size >= sfd.iterations * sfd.batch_size
+    for name in ("fmnist-gpu", "cifar10-gpu"):
+        full = get_preset(name).at_length("full")
+        sfd = full.config("sfd")
+        assert (sfd.iterations, sfd.batch_size, sfd.lr, sfd.lr_drop_at) == (1563, 128, 5e-5, 0.5)
+        assert sfd.iterations * sfd.batch_size >= 200_000
+        assert full.config("pd").iterations >= 1000
+    tiny = get_preset("tiny").at_length("full").config("sfd")
+    assert tiny.iterations > TINY.config("sfd").iterations and tiny.iterations * tiny.batch_size <= 1000
+    with pytest.raises(ValueError, match="choose one of screen, full"):
+        TINY.at_length("long")
+    with pytest.raises(ValueError, match="smaller than the 200064"):
+        replace(get_preset("fmnist-gpu"), full_bank_size=10000).at_length("full")
+
+
+def test_sampling_depends_on_seed_and_index_only(teacher):
+    a = teacher.sample(7, seed=3, batch_size=3)
+    b = teacher.sample(7, seed=3, batch_size=7)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA fast path
+GPU_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def gpu_teacher():
+    from bdense_core.teacher import load_teacher
+
+    return load_teacher(get_preset("fmnist-gpu").teacher_file, "cuda")
+
+
+def fast_vs_eager_losses(teacher, steps: int = GPU_STEPS):
+    """Per-step losses of the fast and the eager (fp32) path, same seed and bank, K = 4, batch 128."""
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, branches=4, iterations=steps,
+                  weights=BranchWeights(a=0.5), amp=False)
+    bank = build_trajectory_bank(teacher, steps * cfg.batch_size, replace(cfg, fast=False), seed=0)
+    fast = distill(teacher, replace(cfg, fast=True), bank=bank)
+    eager = distill(teacher, replace(cfg, fast=False), bank=bank)
+    return [r["loss"] for r in fast.history], [r["loss"] for r in eager.history], fast, eager
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fast_training_follows_the_eager_path(gpu_teacher):
+    fast, eager, *_ = fast_vs_eager_losses(gpu_teacher)
+    rel = [abs(f - e) / e for f, e in zip(fast, eager)]
+    assert max(rel) < 0.03, rel  # bf16 network, fp32 losses
+    assert sum(fast) / len(fast) == pytest.approx(sum(eager) / len(eager), rel=0.01)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fast_sampling_equals_eager(gpu_teacher):
+    fast = gpu_teacher.sample(1200, seed=0, fast=True)
+    eager = gpu_teacher.sample(1200, seed=0, fast=False)
+    assert (fast - eager).abs().mean() < 0.01 and (fast - eager).abs().max() < 0.25
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, iterations=2)
+    result = distill(gpu_teacher, replace(cfg, fast=False))
+    fs, es = result.sample(1200, seed=0, fast=True), result.sample(1200, seed=0, fast=False)
+    assert (fs - es).abs().mean() < 0.01 and (fs - es).abs().max() < 0.25
