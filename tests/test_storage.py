@@ -8,6 +8,7 @@ the workaround that relies on it must be revisited.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from study import journal_file, journal_heartbeat
-from study.heartbeat import SETTINGS_ATTR, HeartbeatSettings
+from study.heartbeat import SETTINGS_ATTR, HeartbeatSettings, write_settings
 from study.secrets import mask_text, mask_url
 from study.storage import (
     StorageError, fail_stale, is_finished, open_storage, open_study_storage, record_heartbeats,
@@ -142,6 +143,19 @@ def test_the_study_keeps_the_settings_of_its_creator(tmp_path):
         open_study_storage(url, "t", heartbeat_interval=10, grace_period=15)
 
 
+def test_a_process_that_did_not_create_the_study_waits_for_its_creators_settings(tmp_path):
+    """Two processes starting together: the creator's settings win, not the joiner's flag."""
+    url = f"journal:{tmp_path / 'j.log'}"
+    creator = open_storage(url)
+    sid = creator.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")  # created, settings not yet written
+    timer = threading.Timer(0.5, write_settings, (creator, sid, HeartbeatSettings(2, 8)))
+    timer.start()
+    said = []
+    _, settings = open_study_storage(url, "s", heartbeat_interval=30, say=said.append)
+    timer.join()
+    assert settings == HeartbeatSettings(2, 8) and "uses its own settings" in said[0]
+
+
 def test_a_study_created_by_plain_optuna_gets_settings_once(tmp_path, monkeypatch):
     monkeypatch.setattr("study.storage.SETTLE_S", 0.3)
     url = f"sqlite:///{tmp_path / 'o.db'}"
@@ -157,15 +171,19 @@ def test_a_study_created_by_plain_optuna_gets_settings_once(tmp_path, monkeypatc
 def test_a_live_owner_is_never_failed_and_a_dead_one_is_retried(tmp_path, kind):
     """Issue 11, 1: another process asking a shorter heartbeat must not fail a live owner's trials."""
     url = _url(tmp_path, kind)
-    owner_storage, settings = open_study_storage(url, "s", heartbeat_interval=1, grace_period=3)
+    owner_storage, settings = open_study_storage(url, "s", heartbeat_interval=4, grace_period=8)
     owner = optuna.load_study(study_name="s", storage=owner_storage)
     trials = [_running_trial(owner, role="search", mlflow_run_id=f"run{i}", nfe=2, fitted_a=0.5) for i in range(2)]
-    other_storage, other_settings = open_study_storage(url, "s", heartbeat_interval=30, say=lambda _: None)
+    # a process that asks for beats every second and a 2 s grace: with its own rule it fails the owner (who
+    # beats every 4 s) within 4 s (checked by hand: optuna.storages.fail_stale_trials on an RDBStorage with
+    # grace_period=2 does); with the study's rule (8 s) it must not
+    other_storage, other_settings = open_study_storage(url, "s", heartbeat_interval=1, grace_period=2,
+                                                       say=lambda _: None)
     other = optuna.load_study(study_name="s", storage=other_storage)
-    assert other_settings == settings == HeartbeatSettings(1, 3)
+    assert other_settings == settings == HeartbeatSettings(4, 8)
 
     with record_heartbeats(owner_storage, owner, [t.number for t in trials]) as beats:
-        deadline = time.monotonic() + 5  # > grace: only the beats keep both trials alive
+        deadline = time.monotonic() + 5  # > one beat interval and > the asked grace
         while time.monotonic() < deadline:
             assert fail_stale(other_storage, other) == []
             time.sleep(0.5)
@@ -398,6 +416,24 @@ def test_optuna_fail_stale_trials_calls_the_storages_callback(tmp_path):
         optuna.storages.fail_stale_trials(study)
     assert seen == [(beaten.number, TrialState.FAIL)]
     assert study.trials[silent.number].state == TrialState.RUNNING
+
+
+def test_optuna_judges_staleness_by_the_failing_processes_own_grace(tmp_path):
+    """Issue 11, 1's cause, and why the grace is stored with the study: fail_stale_trials uses the grace of
+    the storage object it is called through, not the owner's."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        owner = RDBStorage(url, heartbeat_interval=4, grace_period=8)
+        hasty = RDBStorage(url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="s", storage=owner)
+    trial = _running_trial(study)
+    owner.record_heartbeat(_ids(owner, study, trial.number)[1])
+    time.sleep(3.2)  # the owner's next beat is due at 4 s: alive by its own rule
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(optuna.load_study(study_name="s", storage=hasty))
+    assert study.trials[trial.number].state == TrialState.FAIL
 
 
 def test_optuna_journal_has_no_heartbeats_and_its_attrs_carry_them(tmp_path):
