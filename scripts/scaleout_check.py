@@ -17,6 +17,10 @@ What it does (everything on loopback, in a temporary folder, stopped at the end,
    no password in any MLflow param, tag or artifact, in the Optuna study's attributes, nor in the processes'
    output.
 
+It relies on what the driver records: the trial user attributes ``worker_pid``, ``role``, ``mlflow_run_id`` and
+``retry_of`` (or Optuna's ``failed_trial``), and the MLflow tags of study/tracking.py (``KIND_TAG``,
+``TRIAL_TAG``). ``--repo DIR`` runs another checkout's driver (e.g. an export of an older commit).
+
 Exit status: 0 every check passed, 1 some check failed, 2 the check could not be set up (missing PostgreSQL,
 a server that does not start...). The teacher and FID caches live in ``$BDENSE_CACHE_DIR`` (default
 ``~/.cache/bdense-study``) so that a second run does not train the tiny teacher again.
@@ -408,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as e:
         print(e, file=sys.stderr)
         return 2
+    def stop_on_signal(signum, frame):  # SIGTERM/SIGHUP: clean up as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGHUP, stop_on_signal)
     work = Path(tempfile.mkdtemp(prefix="bdense-scaleout-"))
     pg_root = Path(tempfile.mkdtemp(prefix="bdense-scaleout-pg-"))
     pg = Postgres(bindir, pg_root, password=f"bdpw{secrets.token_hex(8)}")
