@@ -408,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--trials must be >= 1 and --timeout > 0", file=sys.stderr)
         return 2
     try:
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:  # postgresql:// for Optuna and mlflow server
+            raise SetupError("psycopg 3 is not installed; install it with: pip install 'bdense-study[postgres]'")
         bindir = ensure_postgres()
     except SetupError as e:
         print(e, file=sys.stderr)
