@@ -110,43 +110,36 @@ def storage_label(storage: Any) -> str:
 
 
 def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None = None) -> optuna.storages.BaseStorage:
-    """Open an Optuna storage for reading.
+    """Open an Optuna storage for reading, with study/'s one opener (``study.storage.open_storage``, read only).
 
     ``storage`` is what study/run.py's ``--storage`` takes: ``journal:PATH`` or ``journal:///abs/path`` (the
     journal file), an RDB URL (``sqlite:///runs/optuna.db``, ``postgresql://...``), ``redis://...`` (journal
     on Redis), or a plain path: a journal file (``runs/optuna-journal.log``) or an SQLite file, told apart by
     its first bytes. Also an already open storage, or None for :func:`default_storage`. A missing file is an
-    error, never a new empty storage.
+    error, never a new empty storage; nothing is written.
     """
+    from study.storage import StorageError
+    from study.storage import open_storage as open_url
+
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
     text = str(storage) if storage is not None else default_storage()
-    if text.startswith("journal:"):
-        rest = text[len("journal:"):]
-        text = rest[2:] if rest.startswith("//") else rest
-        if not text:
-            raise StudyLoadError("journal storage URL without a path; use journal:PATH")
-    elif text.startswith("redis://") or text.startswith("rediss://"):
-        try:
-            from optuna.storages.journal import JournalRedisBackend
+    if "://" not in text and not text.startswith("journal:"):
+        text = _url_of_path(text)
+    if text.startswith("sqlite"):
+        path = _sqlite_file(text)
+        if path is not None and not Path(path).is_file():
+            raise StudyLoadError(f"storage not found: {text} (no file {path})")
+        if path is not None:
+            _check_optuna_sqlite(text, path)
+    try:
+        return open_url(text, create=False)
+    except StorageError as exc:
+        raise StudyLoadError(str(exc)) from None
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental"
-                return optuna.storages.JournalStorage(JournalRedisBackend(text))
-        except Exception as exc:
-            raise StudyLoadError(f"cannot open storage {text}: {_describe(exc)}") from None
-    if "://" in text:
-        if text.startswith("sqlite"):
-            path = _sqlite_file(text)
-            if path is not None and not Path(path).is_file():
-                raise StudyLoadError(f"storage not found: {text} (no file {path})")
-            if path is not None:
-                _check_optuna_sqlite(text, path)
-        try:
-            # skip_table_creation: reading a study never creates Optuna's tables in somebody else's database
-            return optuna.storages.RDBStorage(text, skip_table_creation=True)
-        except Exception as exc:  # SQLAlchemy, driver and schema-version errors all end here
-            raise StudyLoadError(f"cannot open storage {text}: {_describe(exc)}") from None
+
+def _url_of_path(text: str) -> str:
+    """A plain path as a storage URL: SQLite or journal file, told apart by its first bytes."""
     path = Path(text).expanduser()
     if not path.exists():
         raise StudyLoadError(f"storage not found: {text} (give a journal file such as {default_storage()} "
@@ -160,7 +153,7 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
     except OSError as exc:
         raise StudyLoadError(f"storage {text} is unreadable: {_describe(exc)}") from None
     if header.startswith(b"SQLite format 3"):
-        return open_storage(f"sqlite:///{path.resolve()}")
+        return f"sqlite:///{path.resolve()}"
     try:
         with path.open("rb") as fh:
             first = fh.readline().strip()
@@ -168,11 +161,7 @@ def open_storage(storage: str | os.PathLike | optuna.storages.BaseStorage | None
             raise ValueError("no op_code")
     except (ValueError, TypeError, AttributeError):  # JSON errors are ValueErrors
         raise StudyLoadError(f"storage {text} is not a readable Optuna journal file (nor an SQLite database)") from None
-    try:
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return optuna.storages.JournalStorage(backend)
-    except Exception as exc:
-        raise StudyLoadError(f"storage {text} is not a readable Optuna journal file: {_describe(exc)}") from None
+    return f"journal:{path}"
 
 
 def study_names(storage: str | os.PathLike | optuna.storages.BaseStorage | None = None) -> list[str]:

@@ -64,7 +64,7 @@ class StudyConfig:
     mlflow_uri: str
     artifact_root: Path
     runs_dir: Path
-    heartbeat_interval: int
+    heartbeat_interval: int | None  # None: the study's own (30 s when it is created)
     length: str  # trial length of the search: "screen" or "full"
     shared: dict[str, Any]  # length -> the framework config every trial of that length shares
     paths: str  # "seed": the trial's seed sets its teacher paths; "shared": one bank for every trial; "fresh"

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from . import contract as c
 from .objective import Context, Outcome, run_trials
+from .storage import fail_stale, is_finished, set_fail_reason
 
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -56,10 +57,9 @@ def _students(trial: optuna.Trial, ctx: Context) -> int:
 class Loop:
     """The ask/tell loop of one process (see the module docstring)."""
 
-    def __init__(self, study: optuna.Study, ctx: Context, beats, stale, reporter=None):
-        self.study, self.ctx = study, ctx
-        self.beats = beats  # heartbeat keeper: add(numbers), discard(numbers)
-        self.stale = stale  # () -> run ids of trials failed as stale now (their MLflow runs get closed here)
+    def __init__(self, study: optuna.Study, ctx: Context, storage, beats, reporter=None):
+        self.study, self.ctx, self.storage = study, ctx, storage
+        self.beats = beats  # study.heartbeat.Heartbeats: add(number), discard(number), gone()
         self.reporter = reporter
         self.pending: list[optuna.Trial] = []
         self.running: list[optuna.Trial] = []
@@ -74,7 +74,7 @@ class Loop:
                 trial = self.pending.pop(0)
             else:
                 trial = self.study.ask()
-                self.beats.add([trial.number])
+                self.beats.add(trial.number)
                 for key, value in owner_attrs().items():
                     trial.set_user_attr(key, value)
             if group and (_group_key(trial, self.ctx) != _group_key(group[0], self.ctx)
@@ -87,20 +87,19 @@ class Loop:
     def _tell(self, o: Outcome) -> None:
         number = o.trial.number
         try:
+            if is_finished(self.storage, self.study, number):  # another process failed it as stale meanwhile
+                self.tally.lost.append(number)
+                run_id = o.trial.user_attrs.get(c.MLFLOW_RUN_ID)
+                if run_id:
+                    self.ctx.tracker.close_runs([run_id], "FAILED", "failed by another process while this one ran "
+                                                "it (its heartbeat looked stale); its retry is queued")
+                return
             if o.state == TrialState.COMPLETE:
-                self.study.tell(o.trial, o.value)
+                self.study.tell(o.trial, o.value, skip_if_finished=True)
             else:
-                self.study.tell(o.trial, state=o.state)
-        except Exception as e:  # noqa: BLE001 - another process failed it meanwhile (its heartbeat looked stale)
-            self.tally.lost.append(number)
-            run_id = o.trial.user_attrs.get(c.MLFLOW_RUN_ID)
-            if run_id:
-                self.ctx.tracker.set_tags(run_id, {"fail_reason": f"failed by another process while this one ran it "
-                                                                  f"(its heartbeat looked stale): {e}"[:4000]})
-                self.ctx.tracker.set_status(run_id, "FAILED")
-            return
+                self.study.tell(o.trial, state=o.state, skip_if_finished=True)
         finally:
-            self.beats.discard([number])
+            self.beats.discard(number)
         self.tally.by_state[o.state.name].append(number)
         if o.state == TrialState.FAIL:
             self.tally.last_reason = o.reason
@@ -118,7 +117,7 @@ class Loop:
             while done < n_trials:
                 if timeout is not None and time.monotonic() - start > timeout:
                     break
-                run_ids = self.stale()
+                run_ids = [s.mlflow_run_id for s in fail_stale(self.storage, self.study) if s.mlflow_run_id]
                 if run_ids:
                     self.ctx.tracker.close_runs(run_ids, "FAILED", "its process stopped sending heartbeats; "
                                                 "the trial was failed and queued again")
@@ -144,12 +143,9 @@ class Loop:
         held, self.running, self.pending = self.running + self.pending, [], []
         for trial in held:
             run_id = trial.user_attrs.get(c.MLFLOW_RUN_ID)
-            try:
-                trial.set_user_attr(c.FAIL_REASON, reason)
-                self.study.tell(trial, state=TrialState.FAIL)
+            if set_fail_reason(self.storage, self.study, trial.number, reason):  # False: finished meanwhile
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 self.tally.by_state["FAIL"].append(trial.number)
-            except Exception:  # noqa: BLE001 - finished meanwhile (by us, or failed by another process)
-                pass
             if run_id:
                 self.ctx.tracker.close_runs([run_id], "KILLED", reason)
-            self.beats.discard([trial.number])
+            self.beats.discard(trial.number)

@@ -233,9 +233,8 @@ def run_study(config: StudyConfig) -> int:
 
     started = time.monotonic()
     config.runs_dir.mkdir(parents=True, exist_ok=True)
-    storage, heartbeat = open_study_storage(config.storage_url, config.study_name, config.heartbeat_interval)
-    if heartbeat.interval != config.heartbeat_interval and "--heartbeat-interval" in config.argv:
-        _note(f"note: the study keeps its own heartbeat: every {heartbeat.interval} s, stale after {heartbeat.grace:.0f} s")
+    storage, heartbeat = open_study_storage(config.storage_url, config.study_name,
+                                            heartbeat_interval=config.heartbeat_interval)
     check_resume(config, storage)
     tracker = open_tracker(config)
     device = best_device(config.device)

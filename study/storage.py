@@ -1,300 +1,245 @@
-"""Optuna storages from a URL, with heartbeats so that a trial whose process died is failed and retried.
+"""Optuna storages from a URL: one opener for every kind the project supports, and the study's heartbeats.
 
-URLs: ``journal:PATH`` (or ``journal:///abs/path``, or a bare path ending in ``.log``/``.journal``) is
-Optuna's journal file storage, safe for several processes on one machine (or an NFS share);
-``sqlite:///``, ``postgresql://``, ``mysql://`` are Optuna's RDB storage (PostgreSQL is the scale-out
-across machines); ``redis://`` uses the journal's Redis backend (needs the ``redis`` package).
+URLs: ``journal:PATH`` (or ``journal:///abs/path``, or a bare path ending in ``.log``/``.journal``/``.jsonl``)
+is Optuna's journal file storage, for several processes on one machine (or an NFS share); ``sqlite:///PATH``,
+``postgresql://...`` (psycopg 3: the ``postgres`` extra) and ``mysql://...`` are Optuna's RDB storage
+(PostgreSQL is the scale-out across machines); ``redis://...`` is the journal's Redis backend (the ``redis``
+package).
 
-Optuna 5's RDB storage has heartbeats built in. Its journal storage does not, so
-:class:`HeartbeatJournalStorage` adds them: the running trial's process writes the time into a trial system
-attribute every ``heartbeat_interval`` seconds, and a RUNNING trial whose last beat is older than the grace
-period is stale. Optuna's optimize loop then fails stale trials before each new trial and calls the stale
-trial callback, :func:`retry_stale_trial`, which queues the same parameters again. Heartbeats compare
-wall clocks, so machines sharing a journal file need synchronised clocks (NTP).
+- :func:`open_storage` opens a URL (``create=False``: read only, a missing file or database is an error).
+- :func:`open_study_storage` opens a URL for one study: it creates the study if needed, stores the study's
+  heartbeat settings with it at creation, and returns the storage configured with the study's settings
+  (whatever this process asked) plus those settings.
+- Heartbeats, stale trials, retries: :mod:`study.heartbeat` (re-exported here). Torn journal files:
+  :mod:`study.journal_file`. Passwords: :mod:`study.secrets` (every message here is masked).
+
+Errors are :class:`StorageError`, one line, password masked (a usage error: exit status 2).
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
+import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.study import StudyDirection
 
-from .contract import PLAN_ATTRS
+from .heartbeat import (  # noqa: F401 - re-exported: the driver's one import for storages and heartbeats
+    DEFAULT_INTERVAL, GRACE_FACTOR, MAX_RETRY, HeartbeatSettings, Heartbeats, RetryStaleTrial, StaleTrial,
+    fail_stale, is_finished, read_settings, record_heartbeats, set_fail_reason, write_settings,
+)
+from .journal_file import JournalDamaged, open_backend
+from .secrets import mask_text, mask_url  # noqa: F401 - re-exported
 
-HEARTBEAT_ATTR = "bdense:heartbeat"
-GRACE_FACTOR = 4  # a trial is stale after GRACE_FACTOR heartbeat intervals without a beat
-MAX_RETRY = 3
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+SETTLE_S = 5.0  # how long a process that did not create the study waits for its creator's settings
+# Python packages a URL's database driver comes from, and how to install them
+DRIVER_HINTS = {
+    "psycopg": "PostgreSQL needs psycopg 3; install it with: pip install 'bdense-study[postgres]'",
+    "psycopg2": "postgresql+psycopg2:// needs psycopg2; write postgresql://... and install psycopg 3 with: "
+                "pip install 'bdense-study[postgres]' (or: pip install psycopg2-binary)",
+    "MySQLdb": "mysql:// needs mysqlclient; write mysql+pymysql://... and: pip install pymysql",
+    "pymysql": "mysql+pymysql:// needs PyMySQL: pip install pymysql",
+    "redis": "redis:// needs the redis package: pip install redis",
+}
+
+Say = Callable[[str], None]
 
 
 class StorageError(ValueError):
-    """The storage URL is unsupported or cannot be opened (a usage error: exit status 2)."""
+    """The storage URL is unsupported or cannot be opened (a usage error: exit status 2). One line, with
+    every password masked."""
 
 
-def retry_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a failed-as-stale trial's parameters again (at most ``MAX_RETRY`` times per original trial).
-
-    Like Optuna's ``RetryHeartbeatStaleTrialCallback``, but the new trial keeps only the ``role`` of the old
-    one (not its MLflow run id or results) and notes ``retry_of`` (the original trial number).
-    """
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    if len(history) > MAX_RETRY:
-        return
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs={**{k: trial.user_attrs[k] for k in PLAN_ATTRS if k in trial.user_attrs}, "retry_of": history[0]},
-            system_attrs={"failed_trial": history[0], "retry_history": history},
-        )
-    )
+def _say_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-STALE_REASON = "its process stopped sending heartbeats (killed or crashed); the parameters were queued again"
-
-
-def _mark_stale(storage: BaseStorage, trial_ids: list[int]) -> list[int]:
-    """Write ``fail_reason`` on trials about to be failed as stale (they are still RUNNING here)."""
-    for trial_id in trial_ids:
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
-        except Exception:  # noqa: BLE001 - finished meanwhile
-            pass
-    return trial_ids
-
-
-class HeartbeatRDBStorage(RDBStorage):
-    """Optuna's RDB storage; stale trials get a ``fail_reason`` before Optuna fails them."""
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return _mark_stale(self, super()._get_stale_trial_ids(study_id))
-
-
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's journal storage plus heartbeats (Optuna 5 has them only in the RDB storage)."""
-
-    def __init__(self, backend, heartbeat_interval: int, grace_period: float | None = None,
-                 stale_callback=retry_stale_trial):
-        super().__init__(backend)
-        self._heartbeat_interval = int(heartbeat_interval)
-        self._grace_period = float(grace_period or GRACE_FACTOR * heartbeat_interval)
-        self._stale_callback = stale_callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except (UpdateFinishedTrialError, KeyError):
-            pass  # the trial finished (or was failed as stale) meanwhile
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            last = t.system_attrs.get(HEARTBEAT_ATTR)
-            if last is None and t.datetime_start is not None:
-                last = t.datetime_start.timestamp()  # naive local time, as the journal replays it
-            if last is not None and now - float(last) > self._grace_period:
-                stale.append(t._trial_id)
-        return _mark_stale(self, stale)
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self):
-        return self._stale_callback
-
-    @property
-    def grace_period(self) -> float:
-        return self._grace_period
-
-
-def _journal_path(url: str) -> Path | None:
+def journal_path(url: str) -> Path | None:
+    """The file of a journal URL (``journal:PATH``, ``journal:///abs``, or a bare ``*.log`` path), else None."""
     if url.startswith("journal:"):
         rest = url[len("journal:"):]
         if rest.startswith("//"):
             rest = rest[2:]  # journal:///abs/path -> /abs/path
-        return Path(rest).expanduser()
+        return Path(rest).expanduser() if rest else None
     if "://" not in url and url.endswith((".log", ".journal", ".jsonl")):
         return Path(url).expanduser()
     return None
 
 
-def _check_journal_file(path: Path) -> None:
-    if path.is_dir():
-        raise StorageError(f"{path} is a folder, not a journal file")
-    if path.exists():
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise StorageError(f"{path} is not readable and writable")
-        with open(path, "rb") as f:
-            first = f.readline()
-        if first.strip():
-            try:
-                ok = "op_code" in json.loads(first)
-            except (ValueError, TypeError):
-                ok = False
-            if not ok:
-                raise StorageError(f"{path} exists but is not an Optuna journal file")
+def _scheme(url: str) -> tuple[str, str]:
+    """('postgresql', 'psycopg2') for postgresql+psycopg2://...; ('', '') without a scheme."""
+    if "://" not in url:
+        return "", ""
+    head = url.split("://", 1)[0].lower()
+    scheme, _, driver = head.partition("+")
+    return scheme, driver
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` (as many services print it) is SQLAlchemy's ``postgresql://``; anything else unchanged."""
+    return "postgresql" + url[len("postgres"):] if url.lower().startswith(("postgres://", "postgres+")) else url
+
+
+def _missing_driver(e: ImportError, url: str) -> str:
+    cause = e.__cause__ if isinstance(e.__cause__, ImportError) else e
+    name = (getattr(cause, "name", None) or "").split(".")[0]
+    if name in DRIVER_HINTS:
+        return DRIVER_HINTS[name]
+    scheme, driver = _scheme(url)
+    if scheme == "postgresql" and driver in ("", "psycopg"):
+        return DRIVER_HINTS["psycopg"]
+    if scheme == "redis":
+        return DRIVER_HINTS["redis"]
+    what = name or driver or scheme
+    return f"the database driver for {scheme}:// is not installed ({what}); install it with pip"
+
+
+def _rdb(url: str, create: bool, settings: HeartbeatSettings | None) -> RDBStorage:
+    scheme, _ = _scheme(url)
+    if scheme == "sqlite":
+        db = url.split(":///", 1)[1] if ":///" in url else ""
+        if db and db != ":memory:":
+            path = Path(db.split("?", 1)[0]).expanduser()
+            if not create and not path.is_file():
+                raise StorageError(f"no SQLite file {path}")
+            if not path.parent.is_dir():
+                raise StorageError(f"folder {path.parent} does not exist")
+        engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot create {path.parent}: {e.strerror or e}") from None
-        if not os.access(path.parent, os.W_OK):
-            raise StorageError(f"cannot write to {path.parent}")
+        engine_kwargs = {"pool_pre_ping": True}  # long runs outlive idle connections
+    kwargs = {}
+    if settings is not None:
+        kwargs = dict(heartbeat_interval=settings.interval, grace_period=settings.grace,
+                      heartbeat_stale_trial_callback=RetryStaleTrial())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat arguments are "experimental"
+        return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create, **kwargs)
 
 
-def open_storage(url: str, heartbeat_interval: int = 30) -> BaseStorage:
-    """Open (and create if needed) the storage of ``url``; raises :class:`StorageError` with a short reason."""
-    grace = GRACE_FACTOR * heartbeat_interval
-    path = _journal_path(url)
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 create: bool = True, say: Say = _say_stderr) -> BaseStorage:
+    """Open the storage of ``url``.
+
+    ``create=True``: a missing journal file, SQLite file or Optuna schema is created; a journal file's torn
+    tail is cut (a backup is kept; ``say`` gets one line), now and before every later append.
+    ``create=False``: read only; the file (or database schema) must exist; nothing is written.
+    ``heartbeat_interval``/``grace_period`` configure Optuna's heartbeats on an RDB storage (with the retry
+    callback :class:`RetryStaleTrial`); a journal storage keeps its heartbeats in the study itself, so they
+    only get checked there. Prefer :func:`open_study_storage`, which takes them from the study.
+    Raises :class:`StorageError` (one line, password masked).
+    """
+    shown = mask_url(url)
     try:
+        settings = None
+        if heartbeat_interval is not None or grace_period is not None:
+            settings = HeartbeatSettings.make(heartbeat_interval, grace_period)
+        url = normalize_url(str(url).strip())
+        path = journal_path(url)
         if path is not None:
-            _check_journal_file(path)
-            return HeartbeatJournalStorage(JournalFileBackend(str(path)), heartbeat_interval, grace)
-        scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+            return JournalStorage(open_backend(path, create=create, say=say))
+        if url.startswith("journal:"):
+            raise StorageError("journal storage URL without a path; use journal:PATH")
+        scheme, _ = _scheme(url)
         if scheme == "redis":
             from optuna.storages.journal import JournalRedisBackend
 
-            return HeartbeatJournalStorage(JournalRedisBackend(url), heartbeat_interval, grace)
+            return JournalStorage(JournalRedisBackend(url))
         if scheme in RDB_SCHEMES:
-            if scheme == "sqlite":
-                db = url.split(":///", 1)[1] if ":///" in url else ""
-                if db and db != ":memory:" and not Path(db).expanduser().parent.is_dir():
-                    raise StorageError(f"folder {Path(db).parent} does not exist")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # heartbeat arguments are "experimental"
-                kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if scheme == "sqlite" else {}
-                return HeartbeatRDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace,
-                                  heartbeat_stale_trial_callback=retry_stale_trial, **kwargs)
-        raise StorageError("unsupported storage URL; use journal:PATH, sqlite:///PATH, postgresql://... or redis://...")
+            return _rdb(url, create, settings)
+        raise StorageError("unsupported storage URL; use journal:PATH, sqlite:///PATH, postgresql://... "
+                           "or redis://...")
     except StorageError as e:
-        raise StorageError(f"cannot open Optuna storage {url!r}: {e}") from None
+        raise StorageError(f"cannot open Optuna storage {shown}: {mask_text(str(e), url)}") from None
     except ImportError as e:
-        raise StorageError(f"cannot open Optuna storage {url!r}: missing package ({e.name})") from None
-    except Exception as e:  # noqa: BLE001 - any driver error is a bad URL for the user
+        raise StorageError(f"cannot open Optuna storage {shown}: {_missing_driver(e, url)}") from None
+    except (JournalDamaged, FileNotFoundError, PermissionError) as e:
+        raise StorageError(f"cannot open Optuna storage {shown}: {mask_text(str(e), url)}") from None
+    except Exception as e:  # noqa: BLE001 - any driver error is a bad URL or server for the user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot open Optuna storage {url!r}: {reason}") from None
+        raise StorageError(f"cannot open Optuna storage {shown}: {mask_text(reason, url)}") from None
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail the study's stale RUNNING trials now (recording ``fail_reason``) and queue their retries.
+def _find_or_create(storage: BaseStorage, study_name: str, create: bool, direction: str,
+                    shown: str) -> tuple[int, bool]:
+    try:
+        return storage.get_study_id_from_name(study_name), False
+    except KeyError:
+        if not create:
+            names = sorted(s.study_name for s in storage.get_all_studies())
+            there = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
+            raise StorageError(f"no study {study_name!r} in {shown}{there}") from None
+    try:
+        return storage.create_new_study([StudyDirection[direction.upper()]], study_name), True
+    except DuplicatedStudyError:  # another process created it first
+        return storage.get_study_id_from_name(study_name), False
 
-    Optuna does the same before each trial inside ``optimize``; this is for the edges: at start-up and after
-    a worker process died. Returns the failed trial numbers.
+
+def _study_settings(storage: BaseStorage, study_id: int, created: bool,
+                    wanted: HeartbeatSettings) -> HeartbeatSettings:
+    """The study's settings; the creator writes ``wanted``; others wait for them (a study created without
+    them, e.g. by an older version, gets ``wanted`` from the first process that finds it so)."""
+    if created:
+        write_settings(storage, study_id, wanted)
+    deadline = time.monotonic() + SETTLE_S
+    settings = read_settings(storage, study_id)
+    while settings is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        settings = read_settings(storage, study_id)
+    if settings is None:
+        write_settings(storage, study_id, wanted)
+        settings = read_settings(storage, study_id)
+    return settings
+
+
+def open_study_storage(url: str, study_name: str, *, heartbeat_interval: int | None = None,
+                       grace_period: int | None = None, create: bool = True, direction: str = "minimize",
+                       say: Say = _say_stderr) -> tuple[BaseStorage, HeartbeatSettings | None]:
+    """Open ``url`` for study ``study_name``; returns (storage, the study's heartbeat settings).
+
+    ``create=True`` (the driver): the storage and the study are created if missing (``direction``); a new
+    study stores ``HeartbeatSettings.make(heartbeat_interval, grace_period)`` (defaults 30 s and 4 intervals)
+    with it; an existing study keeps its own, and if this process asked for others (a value that is not
+    None), ``say`` gets one line naming the values the study uses. An RDB storage comes back configured
+    with the study's settings and :class:`RetryStaleTrial`, so that :func:`fail_stale` and
+    :func:`record_heartbeats` work on it; pass it to ``optuna.create_study``/``load_study``.
+    ``create=False`` (analysis): read only; the study must exist; settings may be None (an older study).
+    Raises :class:`StorageError` (one line, password masked), also for bad heartbeat values.
     """
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
-        return []
-    failed = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        try:
-            trial = storage.get_trial(trial_id)
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(trial.number)
-                callback = storage.get_heartbeat_stale_trial_callback()
-                if callback is not None:
-                    callback(study, copy.deepcopy(storage.get_trial(trial_id)))
-        except UpdateFinishedTrialError:
-            pass  # another process failed it first
-    return failed
+    shown = mask_url(url)
+    try:
+        wanted = HeartbeatSettings.make(heartbeat_interval, grace_period)
+    except ValueError as e:
+        raise StorageError(f"cannot open Optuna storage {shown}: {e}") from None
+    storage = open_storage(url, create=create, say=say)
+    try:
+        study_id, created = _find_or_create(storage, study_name, create, direction, shown)
+        if not create:
+            return storage, read_settings(storage, study_id)
+        settings = _study_settings(storage, study_id, created, wanted)
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a server that fails after connecting
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"cannot use Optuna storage {shown}: {mask_text(reason, url)}") from None
+    asked = {k: v for k, v in (("interval", heartbeat_interval), ("grace", grace_period)) if v is not None}
+    if not created and any(getattr(settings, k) != v for k, v in asked.items()):
+        say(f"heartbeat: study {study_name!r} uses its own settings ({settings.describe()}), set when it was "
+            f"created; the asked " + ", ".join(f"{k} {v} s" for k, v in asked.items()) + " is not used")
+    if isinstance(storage, RDBStorage):
+        configured = open_storage(url, heartbeat_interval=settings.interval, grace_period=settings.grace,
+                                  create=True, say=say)
+        storage.engine.dispose()
+        storage = configured
+    return storage, settings
 
 
 def storage_location(url: str) -> str:
-    """A human-readable place for the summary (the file path for journal storages)."""
-    path = _journal_path(url)
-    return str(path) if path is not None else url
-
-
-# -- interim study-level API (the storage rework replaces these) ----------------------------------------------
-import threading  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-
-@dataclass(frozen=True)
-class HeartbeatSettings:
-    interval: int
-    grace: float
-
-
-def open_study_storage(url: str, study_name: str, heartbeat_interval: int):
-    settings = HeartbeatSettings(heartbeat_interval, GRACE_FACTOR * heartbeat_interval)
-    return open_storage(url, heartbeat_interval), settings
-
-
-class HeartbeatKeeper:
-    """Beats for the trials this process runs, from a background thread."""
-
-    def __init__(self, storage, study, settings):
-        self.storage, self.study, self.settings = storage, study, settings
-        self.numbers: set[int] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._study_id = storage.get_study_id_from_name(study.study_name)
-
-    def __contains__(self, number: int) -> bool:
-        return number in self.numbers
-
-    def add(self, numbers) -> None:
-        with self._lock:
-            self.numbers.update(numbers)
-        self._beat(list(numbers))
-
-    def discard(self, numbers) -> None:
-        with self._lock:
-            self.numbers.difference_update(numbers)
-
-    def _beat(self, numbers) -> None:
-        for n in numbers:
-            try:
-                tid = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, n)
-                self.storage.record_heartbeat(tid)
-            except Exception:  # noqa: BLE001
-                pass
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.interval):
-            with self._lock:
-                numbers = list(self.numbers)
-            self._beat(numbers)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def fail_stale(study) -> list[str]:
-    numbers = set(fail_stale_trials(study))
-    return [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
-            if t.number in numbers and t.user_attrs.get("mlflow_run_id")]
-
-
-def fail_dead_owner(study, pid: int, reason: str) -> list[str]:
-    run_ids = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker_pid") != pid:
-            continue
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-            study.tell(t.number, state=TrialState.FAIL)
-        except Exception:  # noqa: BLE001
-            continue
-        retry_stale_trial(study, study._storage.get_trial(t._trial_id))
-        if t.user_attrs.get("mlflow_run_id"):
-            run_ids.append(t.user_attrs["mlflow_run_id"])
-    return run_ids
+    """A human-readable place for the summary: the file path for journal storages, else the masked URL."""
+    path = journal_path(url)
+    return str(path) if path is not None else mask_url(url)

@@ -98,12 +98,12 @@ class Banks:
 def run_here(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:
     """Run ``n_trials`` trials in this process; returns (exit code, tally)."""
     from .loop import Loop
-    from .storage import HeartbeatKeeper, fail_stale
+    from .storage import record_heartbeats
 
     ctx = build_context(config, study, stores, reporter)
     tracker = ctx.tracker
-    with HeartbeatKeeper(stores["storage"], study, stores["heartbeat"]) as beats:
-        loop = Loop(study, ctx, beats, stale=lambda: fail_stale(study), reporter=reporter)
+    with record_heartbeats(stores["storage"], study) as beats:
+        loop = Loop(study, ctx, stores["storage"], beats, reporter=reporter)
         if reporter is not None:
             reporter.loop = loop
         tally = loop.run(n_trials, config.timeout)
@@ -143,7 +143,7 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
 
             from .storage import open_study_storage
 
-            storage, heartbeat = open_study_storage(config.storage_url, config.study_name, config.heartbeat_interval)
+            storage, heartbeat = open_study_storage(config.storage_url, config.study_name, say=lambda _: None)
             import optuna
 
             from .run import make_pruner, make_sampler
@@ -166,6 +166,22 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
             code = 1
     log.flush()
     os._exit(code)
+
+
+def fail_dead_owner(storage, study, pid: int, reason: str) -> list[str]:
+    """Fail the RUNNING trials of worker ``pid`` (dead: same host, its exit seen), queue their retries as a
+    stale trial's would be, and return their MLflow run ids (to close). Trials finished meanwhile are skipped."""
+    from .storage import RetryStaleTrial, set_fail_reason
+
+    retry, run_ids = RetryStaleTrial(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(c.WORKER_PID) != pid or not set_fail_reason(storage, study, t.number, reason):
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        retry(study, study.get_trials(deepcopy=False)[t.number])
+        if t.user_attrs.get(c.MLFLOW_RUN_ID):
+            run_ids.append(t.user_attrs[c.MLFLOW_RUN_ID])
+    return run_ids
 
 
 @dataclass
@@ -215,15 +231,13 @@ class Supervisor:
                    if t.user_attrs.get(c.WORKER_PID) == pid)
 
     def _handle_exit(self, slot: _Slot) -> None:
-        from .storage import fail_dead_owner
-
         rc = slot.proc.exitcode
         pid = slot.proc.pid
         slot.proc = None
         if rc == 0:
             return
         if rc < 0:  # killed by a signal: its trials are failed now (its owner is certainly gone) and retried
-            run_ids = fail_dead_owner(self.study, pid, f"its process (pid {pid}) was killed by signal {-rc} and stopped "
+            run_ids = fail_dead_owner(self.stores["storage"], self.study, pid, f"its process (pid {pid}) was killed by signal {-rc} and stopped "
                                                        f"sending heartbeats; the parameters were queued again")
             self.stores["tracker"].close_runs(run_ids, "FAILED", "its worker process was killed")
             print(f"worker {slot.index} (pid {pid}) was killed by signal {-rc}; its trial was failed and queued again",

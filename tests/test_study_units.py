@@ -1,8 +1,7 @@
-"""Fast checks of study/ pieces that need no training: flags, search space, storages, heartbeats, shares."""
+"""Fast checks of study/ pieces that need no training: flags, search space, shares (storages: test_storage.py)."""
 
 from __future__ import annotations
 
-import time
 
 import optuna
 import pytest
@@ -10,7 +9,6 @@ from optuna.trial import TrialState
 
 from study import space
 from study.cli import UsageError, parse_config
-from study.storage import HEARTBEAT_ATTR, StorageError, fail_stale_trials, open_storage
 from study.workers import split_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -102,39 +100,6 @@ def test_shares_of_trials():
     assert split_trials(4, 2) == [2, 2]
     assert split_trials(5, 2) == [3, 2]
     assert split_trials(2, 4) == [1, 1]
-
-
-def test_unusable_storages_are_reported(tmp_path):
-    (tmp_path / "junk.log").write_text("not a journal\n")
-    for url in [f"sqlite:///{tmp_path}/missing/x.db", "bogus://x", f"journal:{tmp_path}", str(tmp_path / "junk.log")]:
-        with pytest.raises(StorageError, match="cannot open Optuna storage"):
-            open_storage(url)
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-@pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_a_silent_running_trial_is_failed_and_queued_again(tmp_path, kind):
-    url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 'o.db'}"
-    storage = open_storage(url, heartbeat_interval=1)
-    study = optuna.create_study(study_name="s", storage=storage)
-    trial = study.ask()
-    trial.suggest_int("K", 1, 4)
-    trial.set_user_attr("role", "search")
-    storage.record_heartbeat(trial._trial_id)
-    assert fail_stale_trials(study) == []  # fresh heartbeat: not stale
-    time.sleep(6)  # grace = 4 heartbeat intervals (+ margin: SQLite keeps whole seconds)
-    assert fail_stale_trials(study) == [trial.number]
-    trials = study.get_trials(deepcopy=False)
-    old, new = trials[0], trials[1]
-    assert old.state == TrialState.FAIL and "heartbeat" in old.user_attrs["fail_reason"]
-    assert new.state == TrialState.WAITING and new.params == old.params
-    assert new.user_attrs == {"role": "search", "retry_of": old.number}
-    if kind == "journal":
-        assert HEARTBEAT_ATTR in old.system_attrs
-    # Optuna's own loop picks the retry up first
-    seen = []
-    study.optimize(lambda t: seen.append(t.suggest_int("K", 1, 4)) or 0.0, n_trials=1)
-    assert seen == [old.params["K"]]
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "random"])
