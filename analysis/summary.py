@@ -269,7 +269,8 @@ def settings(trials: pd.DataFrame, fields: Iterable[str] | None = None) -> dict[
             v = next(iter(counts))
             parts.append(f"{_fmt_value(f, v)} {label}" if f == C.ITERATIONS else f"{label}{_SEP.get(f, ' ')}{_fmt_value(f, v)}")
         else:
-            parts.append(f"{label} DIFFERS: " + ", ".join(f"{_fmt_value(f, v)} ({c} trials)" for v, c in out[f]))
+            parts.append(f"{label} DIFFERS: " + ", ".join(f"{_fmt_value(f, v)} ({c} trial{'s' if c != 1 else ''})"
+                                                          for v, c in out[f]))
     missing = sum(1 for v in (done[C.ITERATIONS] if C.ITERATIONS in done else []) if _hashable(v) is None)
     out["text"] = "; ".join(parts) + (f" ({missing} trials without a recorded length)" if 0 < missing < n else "")
     return out
