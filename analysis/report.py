@@ -307,17 +307,18 @@ def _seeds(st: dict | None) -> str:
 
 
 def _headline_lines(s: dict[str, Any]) -> list[str]:
-    lines = [f"## Headline: K=1 baseline vs best B-DENSE ({s['headline_fidelity']} trials)", "", RULE, "",
-             "| NFE | K=1 baseline FID | seeds (trials) | best B-DENSE FID | seeds (trials) | best configuration "
+    lines = ["## Headline: K=1 baseline vs best B-DENSE", "", RULE + " Each NFE uses its full-length trials where "
+             "it has any, else its screen trials.", "",
+             "| NFE | trials | K=1 baseline FID | seeds (trials) | best B-DENSE FID | seeds (trials) | best configuration "
              "| trial | ΔFID (baseline − B-DENSE) | test | verdict |",
-             "|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
+             "|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|"]
     for r in s["headline"]:
         b, d = r["baseline"], r["bdense"]
         delta = "n/a"
         if r["delta"] is not None:
             pct = f" ({r['delta_pct']:+.1f}%)" if r["delta_pct"] is not None else ""
             delta = f"{r['delta']:+.3g}{pct}"
-        lines.append(f"| {r['nfe']} | {_mean_sd(b) if b else 'n/a'} | {_seeds(b)} | {_mean_sd(d) if d else 'n/a'} | "
+        lines.append(f"| {r['nfe']} | {r['fidelity']} | {_mean_sd(b) if b else 'n/a'} | {_seeds(b)} | {_mean_sd(d) if d else 'n/a'} | "
                      f"{_seeds(d)} | {d['config'] if d else 'n/a'} | {d.get('trial_number', 'n/a') if d else 'n/a'} | "
                      f"{delta} | {_p(r['comparison'])} | {r['verdict'] or 'n/a'} |")
     texts = {r.get("settings") for r in s["headline"]}

@@ -111,17 +111,18 @@ def _nfes(recs: list[dict], default: int | None, fidelity: str | None) -> list[i
 def headline(trials: pd.DataFrame, fidelity: str | None = None) -> list[dict[str, Any]]:
     """K = 1 baseline vs the best B-DENSE configuration per NFE (sorted by NFE), by the contract's rule.
 
-    ``fidelity`` None: the study's headline fidelity. Each row: ``nfe``, ``fidelity``, ``baseline`` and
+    ``fidelity`` None: each NFE's headline fidelity (``full`` where that NFE has completed full-length
+    trials, else ``screen``). Each row: ``nfe``, ``fidelity``, ``baseline`` and
     ``bdense`` (:func:`group_stats` rows or None), ``delta`` (baseline - best mean), ``delta_pct``,
     ``comparison`` (the contract's test as a dict), ``verdict`` (one sentence) and ``candidates`` (the number
     of K > 1 configurations the best was chosen from, which is the Bonferroni count).
     """
     recs = records(trials)
-    fid = fidelity or C.headline_fidelity(recs)
     default = main_nfe(trials)
     values = _value_of(recs)
     out = []
-    for nfe in _nfes(recs, default, fid):
+    for nfe in _nfes(recs, default, fidelity):
+        fid = fidelity or C.headline_fidelity([r for r in recs if C.nfe_of(r, default) == nfe])
         h = C.headline(recs, nfe=nfe, fidelity=fid, default_nfe=default)
         row: dict[str, Any] = {"nfe": nfe, "fidelity": fid, "baseline": group_stats(h.baseline, values),
                                "bdense": group_stats(h.best, values), "delta": None, "delta_pct": None,
@@ -281,13 +282,9 @@ def settings_for(trials: pd.DataFrame, nfe: int | None = None, fidelity: str | N
     """:func:`settings` of the completed trials at ``nfe``/``fidelity``/``role`` (None: any)."""
     done = completed(trials)
     default = main_nfe(trials)
-    mask = []
-    for _, r in done.iterrows():
-        rec = r.to_dict()
-        ok = ((nfe is None or C.nfe_of(rec, default) == nfe) and (fidelity is None or C.fidelity_of(rec) == fidelity)
-              and (role is None or rec.get("role") == role))
-        mask.append(ok)
-    sub = done[pd.Series(mask, index=done.index, dtype=bool)] if len(done) else done
+    keep = [(nfe is None or C.nfe_of(r, default) == nfe) and (fidelity is None or C.fidelity_of(r) == fidelity)
+            and (role is None or r.get("role") == role) for r in records(done)]
+    sub = done[pd.Series(keep, index=done.index, dtype=bool)]
     sub.attrs = trials.attrs
     return settings(sub)
 

@@ -316,7 +316,8 @@ class Comparison:
             return (f"no difference beyond noise ({self.delta:+.3g} FID, p = {self.p:.2g}, "
                     f"{self.comparisons} comparison{'s' if self.comparisons != 1 else ''})")
         better = "helps" if self.delta > 0 else "hurts"
-        return f"{what} {better}: {self.delta:+.3g} FID (p = {self.p:.2g}, {self.comparisons} comparisons)"
+        return (f"{what} {better}: {self.delta:+.3g} FID (p = {self.p:.2g}, {self.comparisons} "
+                f"comparison{'s' if self.comparisons != 1 else ''})")
 
     def as_dict(self) -> dict[str, Any]:
         return dict(delta=self.delta, relative=self.relative, method=self.method, t=self.t, df=self.df, p=self.p,
