@@ -624,8 +624,8 @@ def plot_fidelity(trials: pd.DataFrame, title: str | None = None) -> Figure:
         rho = (f"Spearman ρ = {sp['rho']:.2f} (n = {sp['n']}, p = {sp['p']:.2g})" if sp and sp["rho"] is not None
                else f"Spearman ρ not computed (n = {ft['n_pairs']} < 3)")
         same = {True: "same winner", False: "the winner changes", None: "winner n/a"}[ft["same_winner"]]
-        ax.set_xlabel(fid_label(trials, ", screen (pooled over its seeds ± s.d.)"))
-        ax.set_ylabel(fid_label(trials, ", full length (mean ± s.d. over seeds)"))
+        ax.set_xlabel(fid_label(trials, ", screen, pooled over its seeds ± s.d."))
+        ax.set_ylabel(fid_label(trials, ", full length, mean ± s.d."))
         ax.set_title(title or f"Screen vs full-length FID at NFE={ft['nfe']}: {rho}; {same}")
         ax.scatter([], [], color=BASELINE_COLOR, label="K=1 baseline")
         ax.scatter([], [], color=BDENSE_COLOR, label="B-DENSE configuration")

@@ -224,6 +224,18 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
     return report
 
 
+def _rounds_settings(trials) -> str:
+    """The training settings of the trials that recorded a FID per round."""
+    from study import contract as C
+
+    from .summary import completed, settings
+
+    done = completed(trials)
+    sub = done[done[C.FID_ROUNDS].map(lambda v: isinstance(v, (list, tuple)) and len(v) > 0)]
+    sub.attrs = trials.attrs
+    return settings(sub)["text"]
+
+
 def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | None, top_n: int) -> dict[str, Any]:
     """Every number of the report (``summary.json``), computed by analysis/'s tables and the contract's rule."""
     from study import contract as C
@@ -272,6 +284,7 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
         "fidelity": fidelity_table(trials),
         "b_question": b_question(trials),
         "rounds": rounds.to_dict(orient="records"),
+        "rounds_settings": _rounds_settings(trials) if len(rounds) else None,
         "ablations": ablations,
         "ablation_settings": ablation_settings,
         "ablations_pending": {name: int(((trials["role"] == f"{C.ABLATION_PREFIX}{name}")
@@ -450,6 +463,8 @@ def _rounds_lines(s: dict[str, Any]) -> list[str]:
              "| configuration | NFE | fidelity | round | FID | trials |", "|---|---:|---|---:|---:|---:|"]
     for r in s["rounds"]:
         lines.append(f"| {r['config']} | {r['nfe']} | {r['fidelity']} | {r['round']} | {_mean_sd(r)} | {r['n']} |")
+    if s.get("rounds_settings"):
+        lines += ["", f"Training: {s['rounds_settings']}."]
     return lines
 
 

@@ -806,3 +806,8 @@ def test_settings_say_when_they_differ_and_pd_rounds():
     rt = summary.round_table(trials)
     assert list(rt["round"]) == [1, 2, 3] and list(rt["n"]) == [3, 3, 2]
     assert list(rt["mean"]) == pytest.approx([30.0, 20.0, 10.5]) and rt["std"].iloc[2] == pytest.approx(math.sqrt(0.5))
+    from analysis.report import build_summary, render_markdown
+
+    md = render_markdown(build_summary("pd", "mem", trials, None, "n/a", 15), [])
+    assert "## Progressive distillation: FID after every round" in md
+    assert "| K=2, a=0, b=1 | 2 | screen | 3 | 10.5 ± 0.707 | 2 |" in md and f"Training: {st['text']}." in md
