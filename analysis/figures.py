@@ -11,7 +11,12 @@ two Optuna plots, which are Optuna's own functions and therefore pyplot figures 
 - :func:`plot_baseline_vs_bdense`   K = 1 baseline vs best B-DENSE per NFE, mean and spread over seeds
 - :func:`plot_branch_losses`        per-branch training loss of chosen trials (MLflow histories)
 - :func:`plot_optimization_history` / :func:`plot_param_importances`   Optuna's plots
-- :func:`plot_ablation`             one designed grid (``k``, ``schedule``, ``nfe``): FID per configuration
+- :func:`plot_ablation`             one designed grid (``k``, ``schedule``, ``nfe``, ``b``): FID per configuration
+- :func:`plot_fidelity`             screen FID vs full-length FID of the confirmed configurations
+
+Noise is drawn wherever there is one: the K = 1 replicate band (mean +- s.d. of the K = 1 runs) and the
+configurations that differ from K = 1 beyond noise by the study contract's test (``study/contract.py``), with
+the number of comparisons in the legend.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ from matplotlib import colors as mcolors
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
+from study import contract as C
+
 from .ablation import runs_at_nfe
 from .fit import ABFit, ABFitError, ab_candidates, fit_ab_relation, main_nfe
-from .summary import (ablation_table, bootstrap_ci, completed, describe_config, headline, uniform_baseline)
+from .summary import (ablation_table, bootstrap_ci, completed, configurations, describe_config, headline,
+                      replicate_band, uniform_baseline)
 
 FORMATS = ("png", "svg")
 DPI = 150
@@ -135,6 +143,13 @@ def _at_nfe(df: pd.DataFrame, nfe: int | None) -> pd.DataFrame:
     return df[df["nfe"].fillna(nfe).astype(int) == int(nfe)]
 
 
+def _screen(df: pd.DataFrame) -> pd.DataFrame:
+    """The screen's rows (trials without a ``fidelity`` count as screen)."""
+    if df.empty:
+        return df
+    return df[[C.fidelity_of(r) == C.SCREEN for r in df.to_dict("records")]]
+
+
 def _role_group(role: Any) -> str:
     r = str(role or "search")
     if r.startswith("baseline"):
@@ -148,11 +163,54 @@ def _natural_key(s: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
 
 
-def _k1_baseline(trials: pd.DataFrame, nfe: int | None) -> dict[str, Any] | None:
-    for row in headline(trials):
-        if row["nfe"] == nfe and row["baseline"]:
-            return row["baseline"]
-    return None
+MARK_LOWER = "▼"  # differs from K = 1 beyond noise, lower FID
+MARK_HIGHER = "▲"  # differs from K = 1 beyond noise, higher FID
+
+
+def noise_mark(direction: str) -> str:
+    """The table/figure mark of a configuration's comparison with K = 1 (``""`` within noise)."""
+    return MARK_LOWER if direction == "lower" else MARK_HIGHER if direction == "higher" else ""
+
+
+def _ranking_panel(ax, trials: pd.DataFrame, ranked: pd.DataFrame, nfe: int | None, top_n: int, norm, cmap,
+                   multi_k: bool) -> None:
+    """Figure 4's right panel: the best configurations with their spread, the K = 1 band and noise marks."""
+    top = ranked.head(top_n)
+    y = np.arange(len(top))
+    sd = np.where(np.isfinite(top["std"].astype(float)), top["std"].astype(float), 0.0)
+    ax.errorbar(top["mean"], y, xerr=sd, fmt="none", ecolor="0.45", capsize=3, lw=1.2, zorder=1)
+    ax.scatter(top["mean"], y, c=top["mean"], cmap=cmap, norm=norm, s=80, edgecolors="black", linewidths=0.5,
+               zorder=2)
+    band = replicate_band(trials, nfe, C.SCREEN)
+    if band:
+        lo, hi = band["mean"] - (band["sd"] if math.isfinite(band["sd"]) else 0.0), band["mean"] + (
+            band["sd"] if math.isfinite(band["sd"]) else 0.0)
+        ax.axvspan(lo, hi, color=BASELINE_COLOR, alpha=0.13, lw=0, zorder=0,
+                   label=f"K=1 replicates: {band['mean']:.3g} ± {band['sd']:.2g} s.d. "
+                         f"({band['n_runs']} runs, {band['n_seeds']} seeds; {band['min']:.3g}–{band['max']:.3g})")
+        ax.axvline(band["mean"], color=BASELINE_COLOR, ls="--", lw=1.3)
+    for u in uniform_baseline(trials, fidelity=C.SCREEN):
+        if u["nfe"] == nfe:
+            ax.axvline(u["mean"], color="0.55", ls=":", lw=1.5, label=f"uniform a=0, K={u['K']}: {u['mean']:.3g}")
+    labels = []
+    for r in top.itertuples():
+        k_txt = f", K={int(r.K)}" if multi_k else ""
+        ab = f"a={r.a:.3g}, b={r.b:.3g}" if r.a is not None and r.b is not None else r.config
+        seeds = f" [{r.n_seeds} seeds]" if r.n_seeds > 1 else ""
+        mark = noise_mark(r.direction)
+        labels.append(f"{mark + ' ' if mark else ''}#{r.rank}  {ab}{k_txt}{seeds}")
+    ax.set_yticks(y, labels)
+    ax.set_ylim(len(top) - 0.5, -0.5)
+    m = int(ranked["comparisons"].max()) if len(ranked) and ranked["comparisons"].notna().any() else 0
+    n_low = int((ranked["direction"] == "lower").sum()) if len(ranked) else 0
+    n_high = int((ranked["direction"] == "higher").sum()) if len(ranked) else 0
+    if m:
+        ax.plot([], [], ls="none", label=f"{MARK_LOWER}/{MARK_HIGHER}: lower/higher FID than K=1 beyond noise "
+                                         f"({n_low}/{n_high} of {m}; Bonferroni over {m} comparisons)")
+    ax.set_xlabel(fid_label(trials, ", mean over seeds ± s.d."))
+    ax.set_title(f"Top {len(top)} of {len(ranked)} configurations, by ascending FID")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8.5, frameon=False)
 
 
 # -------------------------------------------------------------------------------- (a) Figure 4
@@ -163,8 +221,11 @@ def plot_ab_vs_fid(trials: pd.DataFrame, fit: ABFit | None | str = "auto", *, qu
     Left: every completed K > 1 trial at the study's NFE as a point in (a, b) (b on a log axis) coloured by
     FID, the ``mark_best`` best circled and ranked, and the a-b relation fitted among the top ``quantile``
     (``fit="auto"`` fits it here; pass an :class:`ABFit` or None) drawn with its equation in the legend.
-    Right: the ``top_n`` best trials sorted by ascending FID, labelled ``a=…, b=…``, with the seeds' spread
-    and the K = 1 and uniform baselines as reference lines.
+    Right: the ``top_n`` best configurations of the screen (the contract's ranking: mean FID over seeds),
+    each with its seeds' s.d. where it has two or more, the K = 1 replicate band (mean +- s.d. of the K = 1
+    runs) and the uniform baseline; configurations that differ from K = 1 beyond noise by the contract's
+    test are marked (▼ lower FID, ▲ higher), the number of comparisons in the legend. The circled, ranked
+    points on the left are the same ranking's best ``mark_best`` configurations (their best trial).
     """
     cands = ab_candidates(trials)
     nfe = main_nfe(trials)
@@ -192,7 +253,9 @@ def plot_ab_vs_fid(trials: pd.DataFrame, fit: ABFit | None | str = "auto", *, qu
                        label=f"trials with K={k} (n={len(sub)})")  # a neutral legend entry
         cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, extend=extend, pad=0.01)
         cb.set_label(fid_label(trials))
-        best = cands.head(mark_best)
+        ranked = configurations(trials, nfe=nfe, fidelity=C.SCREEN)
+        where = cands.set_index("number")[["a_eff", "b_eff"]]
+        best = where.loc[[int(t) for t in ranked["trial_number"].head(mark_best) if int(t) in where.index]]
         ax.scatter(best["a_eff"], best["b_eff"], s=230, facecolors="none", edgecolors="crimson", linewidths=1.8,
                    zorder=3, label=f"best {len(best)} (ranked)")
         for rank, (_, r) in enumerate(best.iterrows(), 1):
@@ -214,44 +277,17 @@ def plot_ab_vs_fid(trials: pd.DataFrame, fit: ABFit | None | str = "auto", *, qu
         ax.set_title("Branch-weight schedules coloured by FID")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=9, frameon=False)
 
-        top = cands.head(top_n)
-        y = np.arange(len(top))
-        std = top["fid_std"].astype(float).to_numpy()
-        if not np.isfinite(std).any():
-            std = np.array([np.std(f, ddof=1) if isinstance(f, list) and len(f) > 1 else np.nan
-                            for f in top["fid_seeds"]])
-        std = np.where(np.isfinite(std), std, 0.0)
-        axr.errorbar(top["value"], y, xerr=std, fmt="none", ecolor="0.45", capsize=3, lw=1.2, zorder=1)
-        axr.scatter(top["value"], y, c=top["value"], cmap=cmap, norm=norm, s=80, edgecolors="black",
-                    linewidths=0.5, zorder=2)
-        labels = []
-        for rank, (_, r) in enumerate(top.iterrows(), 1):
-            k_txt = f", K={int(r['K'])}" if len(ks) > 1 else ""
-            free = " (fitted)" if r.get("weights_mode") == "free" else ""
-            labels.append(f"#{rank}  a={r['a_eff']:.3g}, b={r['b_eff']:.3g}{k_txt}{free}")
-        axr.set_yticks(y, labels)
-        axr.set_ylim(len(top) - 0.5, -0.5)
-        base = _k1_baseline(trials, nfe)
-        if base:
-            axr.axvline(base["mean"], color=BASELINE_COLOR, ls="--", lw=1.5,
-                        label=f"K=1 baseline: {base['mean']:.3g} ({base['n_seeds']} seeds)")
-        for u in uniform_baseline(trials):
-            if u["nfe"] == nfe:
-                axr.axvline(u["mean"], color="0.55", ls=":", lw=1.5,
-                            label=f"uniform a=0, K={u['K']}: {u['mean']:.3g}")
-        axr.set_xlabel(fid_label(trials, ", mean over seeds ± s.d."))
-        axr.set_title(f"Top {len(top)} of {len(cands)} schedules, by ascending FID")
-        if axr.get_legend_handles_labels()[0]:
-            axr.legend(loc="upper right", fontsize=9)
+        _ranking_panel(axr, trials, ranked, nfe, top_n, norm, cmap, multi_k=len(ks) > 1)
         fig.suptitle(title or f"B-DENSE branch weights vs FID ({_study_tag(trials, nfe)})")
     return fig
 
 
 # -------------------------------------------------------------------------------- (b) FID vs K
 def plot_fid_vs_k(trials: pd.DataFrame, ci: float = 0.95, n_boot: int = 2000, title: str | None = None) -> Figure:
-    """Every completed trial's FID by K (at the study's NFE) with the per-K mean and a bootstrap CI."""
+    """Every completed screen trial's FID by K (at the study's NFE) with the per-K mean and a bootstrap CI,
+    and the K = 1 replicate band (mean ± s.d. of the K = 1 runs) across the plot."""
     nfe = main_nfe(trials)
-    done = _at_nfe(completed(trials), nfe)
+    done = _at_nfe(_screen(completed(trials)), nfe)
     done = done[done["K"].notna()]
     if done.empty:
         raise NotEnoughData("FID vs K needs completed trials with a K; none found")
@@ -276,6 +312,10 @@ def plot_fid_vs_k(trials: pd.DataFrame, ci: float = 0.95, n_boot: int = 2000, ti
         means, lo, hi = np.array(means), np.array(lo), np.array(hi)
         ax.errorbar(pos + 0.32, means, yerr=[means - lo, hi - means], fmt="D", color="black", ms=8, capsize=7,
                     lw=2, zorder=3, label=f"mean, {ci:.0%} bootstrap CI")
+        band = replicate_band(trials, nfe, C.SCREEN)
+        if band and math.isfinite(band["sd"]):
+            ax.axhspan(band["mean"] - band["sd"], band["mean"] + band["sd"], color=BASELINE_COLOR, alpha=0.12,
+                       lw=0, zorder=0, label=f"K=1 replicates ± s.d. ({band['n_runs']} runs)")
         ax.set_xticks(pos, [f"K={k}\n(n={n})" for k, n in zip(ks, counts)])
         ax.set_xlabel("number of branches K  (K=1: plain endpoint distillation)")
         fids = data["FID"].to_numpy()
@@ -289,8 +329,19 @@ def plot_fid_vs_k(trials: pd.DataFrame, ci: float = 0.95, n_boot: int = 2000, ti
 
 
 # ------------------------------------------------------------------------ (c) baseline vs B-DENSE
+def _short_verdict(row: dict[str, Any]) -> str:
+    c = row.get("comparison")
+    if not c:
+        return ""
+    if c["method"] == "none":
+        return "no spread to judge"
+    word = "beyond noise" if c["beyond_noise"] else "within noise"
+    return f"Δ {c['delta']:+.3g}, p = {c['p']:.2g} ({c['comparisons']} comp.): {word}"
+
+
 def plot_baseline_vs_bdense(trials: pd.DataFrame, title: str | None = None) -> Figure:
-    """K = 1 baseline vs the best B-DENSE configuration at each NFE: every seed's FID, mean ± s.d."""
+    """K = 1 baseline vs the best B-DENSE configuration at each NFE (the contract's headline, at the study's
+    headline fidelity): every seed's FID, mean ± s.d., and the contract's verdict under each pair."""
     rows = [r for r in headline(trials) if r["baseline"] or r["bdense"]]
     if not rows:
         raise NotEnoughData("baseline vs B-DENSE needs completed trials; none found")
@@ -312,8 +363,10 @@ def plot_baseline_vs_bdense(trials: pd.DataFrame, title: str | None = None) -> F
                 ms.append(s["mean"])
                 sds.append(s["std"] if s["std"] is not None and math.isfinite(s["std"]) else 0.0)
                 if key == "bdense":
-                    ax.annotate(f"{s['config']}\n({s['n_seeds']} seeds)", (x, s["mean"]), xytext=(12, -10),
-                                textcoords="offset points", fontsize=8, color=color, va="top")
+                    verdict = _short_verdict(r)
+                    ax.annotate(f"{s['config']}\n({s['n_seeds']} seeds)" + (f"\n{verdict}" if verdict else ""),
+                                (x, s["mean"]), xytext=(12, -10), textcoords="offset points", fontsize=8,
+                                color=color, va="top")
                 else:
                     ax.annotate(f"{s['n_seeds']} seeds", (x, s["mean"]), xytext=(-16, 6), ha="right",
                                 textcoords="offset points", fontsize=8, color=color)
@@ -325,7 +378,8 @@ def plot_baseline_vs_bdense(trials: pd.DataFrame, title: str | None = None) -> F
         ax.set_xlim(min(nfes) - 0.6, max(nfes) + 0.9)
         ax.set_xlabel("NFE  [network evaluations per sample]")
         ax.set_ylabel(fid_label(trials))
-        ax.set_title(title or f"B-DENSE vs K=1 baseline per NFE ({_study_tag(trials)})")
+        fid = rows[0].get("fidelity") or C.SCREEN
+        ax.set_title(title or f"B-DENSE vs K=1 baseline per NFE ({_study_tag(trials)}, {fid} trials)")
         ax.legend(loc="best", fontsize=9)
     return fig
 
@@ -393,10 +447,10 @@ def _quiet_optuna() -> Iterator[None]:
 
 
 def search_view(study: optuna.Study, nfe: int | None | str = "auto") -> tuple[optuna.Study, int | None]:
-    """An in-memory copy of ``study`` holding its completed trials at one NFE (``"auto"``: the study's).
+    """An in-memory copy of ``study`` holding its completed screen trials at one NFE (``"auto"``: the study's).
 
-    Ablation trials at other NFEs have FIDs on another scale; leaving them out keeps Optuna's history and
-    importances about the search itself.
+    Ablation trials at other NFEs and full-length confirmation trials have FIDs on another scale; leaving
+    them out keeps Optuna's history and importances about the search itself.
     """
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if nfe == "auto":
@@ -404,7 +458,7 @@ def search_view(study: optuna.Study, nfe: int | None | str = "auto") -> tuple[op
         if nfe is None:
             vals = [t.user_attrs.get("nfe") for t in trials if t.user_attrs.get("nfe") is not None]
             nfe = max(set(vals), key=vals.count) if vals else None
-    trials = [t for t in trials if runs_at_nfe(t, nfe)]
+    trials = [t for t in trials if runs_at_nfe(t, nfe) and C.fidelity_of(t.user_attrs) == C.SCREEN]
     with _quiet_optuna():
         view = optuna.create_study(direction=study.direction, study_name=study.study_name)
         view.add_trials(trials)
@@ -502,7 +556,9 @@ def plot_param_importances(study: optuna.Study, nfe: int | None | str = "auto") 
 
 # ------------------------------------------------------------------------------------ ablations
 def plot_ablation(trials: pd.DataFrame, name: str, title: str | None = None) -> Figure:
-    """One designed grid (trials with role ``ablation:<name>``): every seed's FID and mean ± s.d. per config."""
+    """One designed grid (trials with role ``ablation:<name>``): every seed's FID and mean ± s.d. per config,
+    the K = 1 replicate band, and the configurations that differ from K = 1 beyond noise marked (see
+    :func:`analysis.summary.ablation_table` for the reference and the comparison count)."""
     table = ablation_table(trials, name)
     if table.empty:
         raise NotEnoughData(f"no completed trials of ablation '{name}'")
@@ -519,16 +575,59 @@ def plot_ablation(trials: pd.DataFrame, name: str, title: str | None = None) -> 
             ax.scatter(f, yi + rng.uniform(-0.12, 0.12, f.size), color=color, alpha=0.45, s=26, zorder=2)
             sd = r.std if math.isfinite(r.std) else 0.0
             ax.errorbar([r.mean], [yi], xerr=[sd], fmt="D", color=color, ms=8, capsize=5, lw=2, zorder=3)
-        ax.set_yticks(y, [f"{lab}  ({n} seeds)" for lab, n in zip(labels, table["n_seeds"])])
+        ax.set_yticks(y, [f"{noise_mark(d) + ' ' if noise_mark(d) else ''}{lab}  ({n} seeds)"
+                          for lab, n, d in zip(labels, table["n_seeds"], table["direction"])])
         ax.set_ylim(len(table) - 0.5, -0.5)
         nfe = main_nfe(trials)
-        base = _k1_baseline(trials, nfe)
-        if base and name != "nfe":
-            ax.axvline(base["mean"], color=BASELINE_COLOR, ls="--", lw=1.3,
-                       label=f"K=1 baseline at NFE={nfe}: {base['mean']:.3g}")
+        band = replicate_band(trials, nfe, C.SCREEN)
+        if band and name != "nfe" and math.isfinite(band["sd"]):
+            ax.axvspan(band["mean"] - band["sd"], band["mean"] + band["sd"], color=BASELINE_COLOR, alpha=0.12, lw=0,
+                       zorder=0, label=f"K=1 replicates at NFE={nfe}: {band['mean']:.3g} ± {band['sd']:.2g} "
+                                       f"({band['n_runs']} runs)")
+        m = int(table["comparisons"].max()) if table["comparisons"].notna().any() else 0
+        if m:
+            ax.plot([], [], ls="none", label=f"{MARK_LOWER}/{MARK_HIGHER}: lower/higher than K=1 beyond noise "
+                                             f"(Bonferroni, {m} comparisons per NFE)")
         ax.scatter([], [], color=BASELINE_COLOR, marker="D", label="K=1: mean ± s.d. (dots: seeds)")
         ax.scatter([], [], color=BDENSE_COLOR, marker="D", label="B-DENSE: mean ± s.d. (dots: seeds)")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=9, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9, frameon=False)
         ax.set_xlabel(fid_label(trials))
         ax.set_title(title or f"Ablation '{name}': FID per configuration ({_study_tag(trials)})")
+    return fig
+
+
+# ------------------------------------------------------------------------------------- fidelity
+def plot_fidelity(trials: pd.DataFrame, title: str | None = None) -> Figure:
+    """Screen FID (pooled over the screen's seeds) against full-length FID (mean ± s.d. over seeds) of every
+    confirmed configuration, with the Spearman rank correlation and the two winners in the title."""
+    from .fidelity import fidelity_table
+
+    ft = fidelity_table(trials)
+    if ft is None:
+        raise NotEnoughData("the study has no completed full-length (fidelity 'full') trials")
+    rows = [r for r in ft["rows"] if r["screen"] is not None]
+    if not rows:
+        raise NotEnoughData("no confirmed configuration has screen trials to compare with")
+    with style():
+        fig = Figure(figsize=(9.5, 6.4), layout="constrained")
+        ax = fig.subplots()
+        for r in rows:
+            s, f = r["screen"], r["full"]
+            color = BASELINE_COLOR if r["key"] == [1] else BDENSE_COLOR
+            ax.errorbar(s["mean"], f["mean"], xerr=s["std"] if math.isfinite(s["std"]) else 0.0,
+                        yerr=f["std"] if math.isfinite(f["std"]) else 0.0, fmt="o", color=color, ms=8, capsize=4,
+                        lw=1.4)
+            rank = f"#{r['confirm_rank']} " if r["confirm_rank"] else ""
+            ax.annotate(f"{rank}{r['config']} ({f['n_seeds']} seeds)", (s["mean"], f["mean"]), xytext=(7, 5),
+                        textcoords="offset points", fontsize=8, color=color)
+        sp = ft["spearman"]
+        rho = (f"Spearman ρ = {sp['rho']:.2f} (n = {sp['n']}, p = {sp['p']:.2g})" if sp and sp["rho"] is not None
+               else f"Spearman ρ not computed (n = {ft['n_pairs']} < 3)")
+        same = {True: "same winner", False: "the winner changes", None: "winner n/a"}[ft["same_winner"]]
+        ax.set_xlabel(fid_label(trials, ", screen, pooled over its seeds ± s.d."))
+        ax.set_ylabel(fid_label(trials, ", full length, mean ± s.d."))
+        ax.set_title(title or f"Screen vs full-length FID at NFE={ft['nfe']}: {rho}; {same}")
+        ax.scatter([], [], color=BASELINE_COLOR, label="K=1 baseline")
+        ax.scatter([], [], color=BDENSE_COLOR, label="B-DENSE configuration")
+        ax.legend(loc="best", fontsize=9)
     return fig

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from study import contract as C
+
 FORMS = ("log-linear", "linear")
 
 
@@ -90,9 +92,12 @@ def main_nfe(trials: pd.DataFrame) -> int | None:
     return int(counts[counts == counts.max()].index.min())
 
 
-def ab_candidates(trials: pd.DataFrame, nfe: int | None | str = "auto") -> pd.DataFrame:
-    """Completed trials with K > 1, a finite FID and a usable (a, b) at one NFE (``"auto"``: the study's)."""
+def ab_candidates(trials: pd.DataFrame, nfe: int | None | str = "auto", fidelity: str | None = C.SCREEN) -> pd.DataFrame:
+    """Completed trials with K > 1, a finite FID and a usable (a, b) at one NFE (``"auto"``: the study's) and
+    one fidelity (default the screen: full-length confirmation trials have FIDs on another scale)."""
     df = trials[(trials["state"] == "COMPLETE")].copy()
+    if fidelity is not None and len(df):
+        df = df[[C.fidelity_of(r) == fidelity for r in df.to_dict("records")]]
     df = df[np.isfinite(df["value"].astype(float))]
     if "K" in df:
         df = df[df["K"].fillna(0).astype(int) > 1]

@@ -23,7 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import optuna
 import pandas as pd
 
@@ -233,15 +232,17 @@ def _float_list(x: Any) -> list[float] | None:
 
 
 def _fit_ln_weights(ws: Sequence[float]) -> tuple[float, float]:
-    """(a, b) of free weights by least squares on ln w_k = ln b + a k (one weight: a = 0)."""
-    w = np.asarray(ws, dtype=float)
-    if w.size == 0 or not np.all(np.isfinite(w)) or np.any(w <= 0):
+    """(a, b) of free weights by :func:`bdense_core.schedule.fit_exponential` (NaNs for unusable weights).
+
+    Only trials that lack the ``fitted_a``/``fitted_b`` the study records need it, so bdense_core (and torch)
+    is imported here, not when analysis/ loads.
+    """
+    from bdense_core.schedule import fit_exponential
+
+    try:
+        return fit_exponential(ws)
+    except ValueError:
         return float("nan"), float("nan")
-    if w.size == 1:
-        return 0.0, float(w[0])
-    k = np.arange(1, w.size + 1, dtype=float)
-    a, ln_b = np.polyfit(k, np.log(w), 1)
-    return float(a), float(math.exp(ln_b))
 
 
 def _trial_row(t: optuna.trial.FrozenTrial, sattrs: dict[str, Any]) -> dict[str, Any]:

@@ -103,12 +103,6 @@ def _mean_sd(s: dict | None) -> str:
     return f"{_fmt(s['mean'])}{sd}"
 
 
-def _at_main_nfe(df, nfe):
-    if nfe is None:
-        return df
-    return df[df["nfe"].fillna(nfe).astype(int) == int(nfe)]
-
-
 def write_trials_csv(trials, path: Path) -> None:
     from .load import LIST_COLUMNS
 
@@ -121,7 +115,7 @@ def write_trials_csv(trials, path: Path) -> None:
 
 def _figure_jobs(study, trials, histories_fn, fit, quantile: float, top_n: int) -> list[tuple[str, str, Any]]:
     from . import figures as F
-    from .summary import ablation_names
+    from .summary import ablation_names, headline_fidelity
 
     jobs = [
         ("ab_vs_fid", "(a, b) schedules sorted by FID (paper Figure 4)",
@@ -134,6 +128,9 @@ def _figure_jobs(study, trials, histories_fn, fit, quantile: float, top_n: int) 
     ]
     for name in ablation_names(trials):
         jobs.append((f"ablation_{name}", f"Ablation '{name}'", lambda name=name: F.plot_ablation(trials, name)))
+    if headline_fidelity(trials) == "full":
+        jobs.append(("fidelity", "Screen vs full-length FID of the confirmed configurations",
+                     lambda: F.plot_fidelity(trials)))
     return jobs
 
 
@@ -153,8 +150,8 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
     import pandas as pd
 
     from . import figures as F
-    from .fit import ABFitError, fit_ab_relation, main_nfe
-    from .summary import ablation_names, ablation_table, headline, pick_curve_trials, state_counts, uniform_baseline
+    from .fit import ABFitError, fit_ab_relation
+    from .summary import pick_curve_trials
     uri = tracking_uri or study.user_attrs.get("mlflow_uri") or default_tracking_uri()
     have_mlflow = tracking_store_exists(uri)
     if explicit_tracking and not have_mlflow:
@@ -206,38 +203,9 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
 
     write_trials_csv(trials, out / "trials.csv")
 
-    done = trials[trials["state"] == "COMPLETE"]
-    seeds_per_trial = sorted({int(n) for n in done["n_seeds"]})
-    summary = {
-        "study": study_name,
-        "storage": str(storage),
-        "study_attrs": {k: v for k, v in sattrs.items()},
-        "nfe": main_nfe(trials),
-        "n_trials": int(len(trials)),
-        "n_completed": int(len(done)),
-        "states": state_counts(trials),
-        "seeds_per_trial": seeds_per_trial,
-        "n_seed_runs": int(done["n_seeds"].sum()),
-        "roles": {str(k): int(v) for k, v in done["role"].value_counts().sort_index().items()},
-        "headline": headline(trials),
-        "uniform": uniform_baseline(trials),
-        "fit": fit.to_dict() if fit else None,
-        "fit_note": fit_note,
-        "best_trials": [
-            {"number": int(r["number"]), "value": float(r["value"]), "K": int(r["K"]) if pd.notna(r["K"]) else None,
-             "a": float(r["a_eff"]), "b": float(r["b_eff"]), "n_seeds": int(r["n_seeds"]),
-             "fid_std": float(r["fid_std"]), "role": r["role"], "nfe": int(r["nfe"]) if pd.notna(r["nfe"]) else None}
-            for _, r in _at_main_nfe(done, main_nfe(trials)).sort_values(["value", "number"], kind="stable")
-            .head(10).iterrows()
-        ],
-        "ablations": {name: ablation_table(trials, name).to_dict(orient="records") for name in ablation_names(trials)},
-        "ablations_pending": {name: int(((trials["role"] == f"ablation:{name}")
-                                         & trials["state"].isin(["WAITING", "RUNNING"])).sum())
-                              for name in ablation_names(trials)},
-        "generated": datetime.now().isoformat(timespec="seconds"),
-        "figures": {f.name: ({"png": f.paths[0].name, "svg": f.paths[1].name} if f.made else {"skipped": f.note})
-                    for f in figs},
-    }
+    summary = build_summary(study_name, storage, trials, fit, fit_note, top_n)
+    summary["figures"] = {f.name: ({"png": f.paths[0].name, "svg": f.paths[1].name} if f.made else {"skipped": f.note})
+                          for f in figs}
     summary = _clean(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "summary.md").write_text(render_markdown(summary, figs))
@@ -254,6 +222,250 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
     elif log_to_mlflow and parent and not have_mlflow:
         notes.append(f"not logged to MLflow: no tracking store at {uri}")
     return report
+
+
+def _rounds_settings(trials) -> str:
+    """The training settings of the trials that recorded a FID per round."""
+    from study import contract as C
+
+    from .summary import completed, settings
+
+    done = completed(trials)
+    sub = done[done[C.FID_ROUNDS].map(lambda v: isinstance(v, (list, tuple)) and len(v) > 0)]
+    sub.attrs = trials.attrs
+    return settings(sub)["text"]
+
+
+def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | None, top_n: int) -> dict[str, Any]:
+    """Every number of the report (``summary.json``), computed by analysis/'s tables and the contract's rule."""
+    from study import contract as C
+
+    from .bgrid import b_question
+    from .fidelity import fidelity_table
+    from .fit import main_nfe
+    from .summary import (ablation_names, ablation_table, configurations, headline, headline_fidelity,
+                          replicate_band, round_table, settings_for, state_counts, uniform_baseline)
+
+    done = trials[trials["state"] == "COMPLETE"]
+    nfe = main_nfe(trials)
+    hf = headline_fidelity(trials)
+    heads = headline(trials)
+    for row in heads:
+        row["settings"] = settings_for(trials, nfe=row["nfe"], fidelity=row["fidelity"])["text"]
+    ranked = configurations(trials, nfe=nfe, fidelity=C.SCREEN)
+    noise = {fid: replicate_band(trials, nfe, fid) for fid in C.FIDELITIES}
+    ablations, ablation_settings = {}, {}
+    for name in ablation_names(trials):
+        ablations[name] = ablation_table(trials, name).to_dict(orient="records")
+        ablation_settings[name] = settings_for(trials, role=f"{C.ABLATION_PREFIX}{name}")["text"]
+    rounds = round_table(trials)
+    return {
+        "study": study_name,
+        "storage": str(storage),
+        "study_attrs": dict(trials.attrs["study"]),
+        "nfe": nfe,
+        "n_trials": int(len(trials)),
+        "n_completed": int(len(done)),
+        "states": state_counts(trials),
+        "seeds_per_trial": sorted({int(n) for n in done["n_seeds"]}),
+        "n_seed_runs": int(done["n_seeds"].sum()),
+        "roles": {str(k): int(v) for k, v in done["role"].value_counts().sort_index().items()},
+        "headline_fidelity": hf,
+        "headline": heads,
+        "uniform": uniform_baseline(trials),
+        "noise": {k: v for k, v in noise.items() if v is not None},
+        "fit": fit.to_dict() if fit else None,
+        "fit_note": fit_note,
+        "ranking": ranked.head(top_n).to_dict(orient="records"),
+        "ranking_total": int(len(ranked)),
+        "ranking_comparisons": int(ranked["comparisons"].max()) if len(ranked) else 0,
+        "ranking_beyond_noise": {d: int((ranked["direction"] == d).sum()) for d in ("lower", "higher")},
+        "ranking_settings": settings_for(trials, nfe=nfe, fidelity=C.SCREEN)["text"],
+        "fidelity": fidelity_table(trials),
+        "b_question": b_question(trials),
+        "rounds": rounds.to_dict(orient="records"),
+        "rounds_settings": _rounds_settings(trials) if len(rounds) else None,
+        "ablations": ablations,
+        "ablation_settings": ablation_settings,
+        "ablations_pending": {name: int(((trials["role"] == f"{C.ABLATION_PREFIX}{name}")
+                                         & trials["state"].isin(["WAITING", "RUNNING"])).sum())
+                              for name in ablation_names(trials)},
+        "generated": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+RULE = ("The study contract's rule (`study/contract.py`): a configuration is K and its weights (all K=1 trials "
+        "are one configuration); its FIDs are pooled by training seed (each seed once, the mean of its runs); the "
+        "best B-DENSE configuration is the K>1 configuration with the lowest mean over its seeds; the improvement "
+        "is the K=1 mean minus the best mean, tested with Welch's t (both sides 2+ seeds) or the prediction "
+        "interval of one new seed (one side a single seed), Bonferroni over the K>1 configurations the best was "
+        "picked from, alpha = 0.05. A best picked from many single runs is optimistic; only a full-length "
+        "confirmation on fresh seeds removes that.")
+
+
+def _mark(direction: str | None) -> str:
+    return {"lower": "▼ lower", "higher": "▲ higher"}.get(direction or "", "within noise")
+
+
+def _p(c: dict | None) -> str:
+    if not c or c.get("p") is None:
+        return "n/a"
+    return f"{c['method']}, p = {c['p']:.2g}, {c['comparisons']} comp."
+
+
+def _seeds(st: dict | None) -> str:
+    if not st:
+        return "0 (0)"
+    return f"{st['n_seeds']} ({st['n_trials']})"
+
+
+def _headline_lines(s: dict[str, Any]) -> list[str]:
+    lines = ["## Headline: K=1 baseline vs best B-DENSE", "", RULE + " Each NFE uses its full-length trials where "
+             "it has any, else its screen trials.", "",
+             "| NFE | trials | K=1 baseline FID | seeds (trials) | best B-DENSE FID | seeds (trials) | best configuration "
+             "| trial | ΔFID (baseline − B-DENSE) | test | verdict |",
+             "|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|"]
+    for r in s["headline"]:
+        b, d = r["baseline"], r["bdense"]
+        delta = "n/a"
+        if r["delta"] is not None:
+            pct = f" ({r['delta_pct']:+.1f}%)" if r["delta_pct"] is not None else ""
+            delta = f"{r['delta']:+.3g}{pct}"
+        lines.append(f"| {r['nfe']} | {r['fidelity']} | {_mean_sd(b) if b else 'n/a'} | {_seeds(b)} | {_mean_sd(d) if d else 'n/a'} | "
+                     f"{_seeds(d)} | {d['config'] if d else 'n/a'} | {d.get('trial_number', 'n/a') if d else 'n/a'} | "
+                     f"{delta} | {_p(r['comparison'])} | {r['verdict'] or 'n/a'} |")
+    texts = {r.get("settings") for r in s["headline"]}
+    if len(texts) == 1 and None not in texts:
+        lines += ["", f"Training: {next(iter(texts))}."]
+    else:
+        lines += [""] + [f"Training at NFE={r['nfe']}: {r.get('settings')}." for r in s["headline"]]
+    if s["uniform"]:
+        lines += ["", "Uniform weights (a = 0) for reference:", "",
+                  "| NFE | K | FID | seeds (trials) |", "|---:|---:|---:|---:|"]
+        for u in s["uniform"]:
+            lines.append(f"| {u['nfe']} | {u['K']} | {_mean_sd(u)} | {_seeds(u)} |")
+    return lines
+
+
+def _noise_lines(s: dict[str, Any]) -> list[str]:
+    if not s.get("noise"):
+        return []
+    lines = ["", "## Noise: the K=1 replicates", "",
+             "With K=1 the weights only scale the loss, so every K=1 trial is a replicate of one configuration. "
+             "The band on Figure 4, FID vs K and the ablation figures is their mean ± s.d. over runs.", ""]
+    for fid, n in s["noise"].items():
+        rep = ", ".join(f"seed {k}: {v['runs']} runs, {_fmt(v['min'])} to {_fmt(v['max'])}"
+                        for k, v in n["repeated_seeds"].items())
+        lines.append(f"- **{fid}, NFE={n['nfe']}**: {n['n_runs']} K=1 runs over {n['n_seeds']} seed(s) "
+                     f"({n['n_trials']} trials): FID {_fmt(n['min'])} to {_fmt(n['max'])}, mean {_fmt(n['mean'])} ± "
+                     f"{_fmt(n['sd'], 2)} s.d. (the band).")
+        if n["within_seed_sd"] is not None:
+            lines.append(f"  Run-to-run at a fixed seed ({rep}): pooled s.d. {_fmt(n['within_seed_sd'], 2)}.")
+        if n["seed_sd"] is not None:
+            lines.append(f"  Between seeds (each seed's mean once, the spread the contract's test uses): "
+                         f"{_fmt(n['seed_mean'])} ± {_fmt(n['seed_sd'], 2)} over {n['n_seeds']} seeds.")
+        else:
+            lines.append("  One seed only: the contract's test has no between-seed spread for K=1 here.")
+    return lines
+
+
+def _fidelity_lines(s: dict[str, Any]) -> list[str]:
+    ft = s.get("fidelity")
+    if not ft:
+        return []
+    lines = ["", f"## Screen vs full length (NFE={ft['nfe']})", "",
+             "Each confirmed configuration: the FID of the screen trial it re-runs, its screen FID pooled over "
+             "every screen trial of that configuration, and its full-length FID over the confirmation seeds.", "",
+             "| configuration | confirm rank | screen trial(s) | screen trial FID | screen FID pooled | seeds (trials) "
+             "| full-length FID | seeds (trials) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in ft["rows"]:
+        sc, fu = r["screen"], r["full"]
+        rank = r["confirm_rank"] if r["confirm_rank"] is not None else "n/a"
+        lines.append(f"| {r['config']} | {rank} | {', '.join(str(t) for t in r['screen_trials']) or 'n/a'} | "
+                     f"{_fmt(r['screen_trial_fid'])} | {_mean_sd(sc) if sc else 'n/a'} | {_seeds(sc)} | "
+                     f"{_mean_sd(fu)} | {_seeds(fu)} |")
+    sp = ft["spearman"]
+    lines.append("")
+    if sp and sp["rho"] is not None:
+        lines.append(f"Spearman rank correlation between pooled screen FID and full-length mean FID: "
+                     f"**ρ = {sp['rho']:.3f}** over n = {sp['n']} configurations (p = {sp['p']:.2g}).")
+    else:
+        lines.append(f"Spearman rank correlation not computed: {ft['n_pairs']} configuration(s) with both FIDs "
+                     f"(needs 3).")
+    same = {True: "**the same**", False: "**not the same**", None: "n/a"}[ft["same_winner"]]
+    lines.append(f"Screen winner (best K>1 by the contract): {ft['screen_winner'] or 'n/a'}"
+                 f"{'' if ft['screen_winner_confirmed'] else ' (not confirmed)'}; full-length winner: "
+                 f"{ft['full_winner'] or 'n/a'}: {same}. Lowest full-length FID of all (K=1 included): "
+                 f"{ft['full_lowest']['config']} at {_fmt(ft['full_lowest']['mean'])} ({ft['full_lowest']['n']} seeds).")
+    lines += ["", "| fidelity | K=1 baseline FID | seeds (trials) | best B-DENSE FID | seeds (trials) | best configuration "
+              "| ΔFID | test | verdict |", "|---|---:|---:|---:|---:|---|---:|---|---|"]
+    for fid in ("screen", "full"):
+        h = ft["headlines"][fid]
+        b, d, c = h["baseline"], h["best"], h["comparison"]
+        lines.append(f"| {fid} | {_mean_sd(b) if b else 'n/a'} | {_seeds(b)} | {_mean_sd(d) if d else 'n/a'} | "
+                     f"{_seeds(d)} | {d['config'] if d else 'n/a'} | {_fmt(c['delta'], 3) if c else 'n/a'} | {_p(c)} | "
+                     f"{h['verdict'] or 'n/a'} |")
+    lines += ["", f"Training, screen: {ft['settings']['screen']}.", f"Training, full length: {ft['settings']['full']}."]
+    return lines
+
+
+def _bgrid_lines(s: dict[str, Any]) -> list[str]:
+    bq = s.get("b_question")
+    if not bq:
+        return []
+    lines = ["", "## The b question: does FID depend on b at a fixed a?", "",
+             "With Adam, b (the intercept of w_k = b·e^(ak)) only scales the loss. The `b` grid trains one K and "
+             f"a with several b (NFE={bq['nfe']}, {bq['fidelity']} trials).", "",
+             "| b | K | a | FID | seeds (trials) |", "|---:|---:|---:|---:|---:|"]
+    for r in bq["rows"]:
+        lines.append(f"| {_fmt(r['b'], 3)} | {r['K']} | {_fmt(r['a'], 3)} | {_mean_sd(r)} | {_seeds(r)} |")
+    lines += ["", f"**Verdict**: {bq['verdict']}.", "", f"What it means for the paper's fitted a-b relation: "
+              f"{bq['meaning']}"]
+    if s.get("ablation_settings", {}).get("b"):
+        lines += ["", f"Training: {s['ablation_settings']['b']}."]
+    return lines
+
+
+def _ranking_lines(s: dict[str, Any]) -> list[str]:
+    n = s["noise"].get("screen")
+    m = s["ranking_comparisons"]
+    band = (f"K=1 replicate band: {_fmt(n['mean'])} ± {_fmt(n['sd'], 2)} ({n['n_runs']} runs, {n['n_seeds']} seeds, "
+            f"{_fmt(n['min'])} to {_fmt(n['max'])})" if n else "no K=1 trials, so no band and no marks")
+    beyond = s["ranking_beyond_noise"]
+    lines = ["", f"## Best configurations at NFE={s.get('nfe')} (screen)", "",
+             f"The contract's ranking (mean FID over seeds) of all {s['ranking_total']} K>1 configurations of the "
+             f"screen, the best {len(s['ranking'])} shown. {band}. The last column is each configuration against "
+             f"K=1 by the contract's test, Bonferroni over m = {m} comparisons: {beyond['lower']} lower and "
+             f"{beyond['higher']} higher than K=1 beyond noise.", "",
+             "| rank | configuration | FID | ± s.d. | seeds (runs) | best trial | ΔFID vs K=1 | test | vs K=1 |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in s["ranking"]:
+        c = {"method": r["method"], "p": r["p"], "comparisons": r["comparisons"]}
+        lines.append(f"| {r['rank']} | {r['config']} | {_fmt(r['mean'])} | {_fmt(r['std'], 3)} | "
+                     f"{r['n_seeds']} ({r['n_runs']}) | {r.get('trial_number', 'n/a')} | {_fmt(r['delta'], 3)} | "
+                     f"{_p(c)} | {_mark(r['direction'])} |")
+    shown = [r["mean"] for r in s["ranking"] if r.get("mean") is not None]
+    if n and len(shown) > 1 and n["repeated_seeds"]:
+        seed, rep = max(n["repeated_seeds"].items(), key=lambda kv: kv[1]["runs"])
+        lines += ["", f"The {len(shown)} configurations shown span {_fmt(min(shown))} to {_fmt(max(shown))} FID "
+                      f"({_fmt(max(shown) - min(shown), 2)} apart); the {rep['runs']} K=1 runs of seed {seed}, all one "
+                      f"configuration, span {_fmt(rep['min'])} to {_fmt(rep['max'])} "
+                      f"({_fmt(rep['max'] - rep['min'], 2)} apart; pooled run-to-run s.d. {_fmt(n['within_seed_sd'], 2)})."]
+    lines += ["", f"Training: {s['ranking_settings']}."]
+    return lines
+
+
+def _rounds_lines(s: dict[str, Any]) -> list[str]:
+    if not s.get("rounds"):
+        return []
+    lines = ["", "## Progressive distillation: FID after every round", "",
+             "| configuration | NFE | fidelity | round | FID | trials |", "|---|---:|---|---:|---:|---:|"]
+    for r in s["rounds"]:
+        lines.append(f"| {r['config']} | {r['nfe']} | {r['fidelity']} | {r['round']} | {_mean_sd(r)} | {r['n']} |")
+    if s.get("rounds_settings"):
+        lines += ["", f"Training: {s['rounds_settings']}."]
+    return lines
 
 
 def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
@@ -274,56 +486,32 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
     seeds = "/".join(str(x) for x in s["seeds_per_trial"]) or "n/a"
     lines += [f"- **trials**: {s['n_trials']} ({states}); **seeds per completed trial**: {seeds}; "
               f"**seed runs in total**: {s['n_seed_runs']}",
-              f"- **completed trials by role**: " + ", ".join(f"{r} {n}" for r, n in s["roles"].items()), ""]
-
-    lines += ["## Headline: K=1 baseline vs best B-DENSE", "",
-              "FID, lower is better; mean ± sample s.d. over training seeds, pooled over every trial of the same "
-              "configuration at that NFE (all K=1 trials are one configuration); a seed that several of those "
-              "trials ran counts once, with its mean. The best B-DENSE configuration is the K>1 trial with the "
-              "lowest FID, so a value taken from the search itself is optimistic; `--ablation nfe` re-runs it "
-              "on designed trials.", "",
-              "| NFE | K=1 baseline FID | seeds (trials) | best B-DENSE FID | seeds (trials) | best configuration "
-              "| trial | ΔFID (baseline − B-DENSE) |",
-              "|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r in s["headline"]:
-        b, d = r["baseline"], r["bdense"]
-        delta = "n/a"
-        if r["delta"] is not None:
-            pct = f" ({r['delta_pct']:+.1f}%)" if r["delta_pct"] is not None else ""
-            delta = f"{r['delta']:+.3g}{pct}"
-        lines.append(
-            f"| {r['nfe']} | {_mean_sd(b)} | {b['n_seeds']} ({b['n_trials']}) |" if b else f"| {r['nfe']} | n/a | 0 (0) |")
-        lines[-1] += (f" {_mean_sd(d)} | {d['n_seeds']} ({d['n_trials']}) | {d['config']} | {d['trial_number']} |"
-                      if d else " n/a | 0 (0) | n/a | n/a |")
-        lines[-1] += f" {delta} |"
-    if s["uniform"]:
-        lines += ["", "Uniform weights (a = 0) for reference:", "",
-                  "| NFE | K | FID | seeds (trials) |", "|---:|---:|---:|---:|"]
-        for u in s["uniform"]:
-            lines.append(f"| {u['nfe']} | {u['K']} | {_mean_sd(u)} | {u['n_seeds']} ({u['n_trials']}) |")
+              "- **completed trials by role**: " + ", ".join(f"{r} {n}" for r, n in s["roles"].items()), ""]
+    lines += _headline_lines(s)
+    lines += _noise_lines(s)
+    lines += _fidelity_lines(s)
+    lines += _bgrid_lines(s)
 
     lines += ["", "## The a-b relation among the best trials", ""]
     f = s["fit"]
     if f:
         kk = f"K={f['K']}" if f["K"] is not None else "K>1 (every K pooled: too few trials at one K)"
-        lines += [f"Least squares over the top {f['quantile']:.0%} of trials by FID ({f['n']} of {f['n_candidates']} "
-                  f"completed trials with {kk} at NFE={f['nfe']}, FID ≤ {_fmt(f['fid_threshold'])}):", "",
-                  f"**{f['equation']}**  (equivalently {f['equation_exp']}),  R² = {_fmt(f['r2'], 3)}"
+        lines += [f"Least squares over the top {f['quantile']:.0%} of screen trials by FID ({f['n']} of "
+                  f"{f['n_candidates']} completed trials with {kk} at NFE={f['nfe']}, FID ≤ {_fmt(f['fid_threshold'])}):",
+                  "", f"**{f['equation']}**  (equivalently {f['equation_exp']}),  R² = {_fmt(f['r2'], 3)}"
                   + (f", slope s.e. {_fmt(f['c1_se'], 2)}" if f.get("c1_se") is not None else ""), "",
                   "A ridge of constant endpoint weight w_K = b·e^(aK) would have slope −K"
                   + (f" = −{f['K']}" if f["K"] is not None else "") + "; slope 0 would mean only a matters."]
     else:
         lines.append(f"Not fitted: {s['fit_note']}")
 
-    lines += ["", f"## Best trials at NFE={s.get('nfe')}", "", "| rank | trial | FID | ± s.d. | seeds | K | a | b | role |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for i, t in enumerate(s["best_trials"], 1):
-        lines.append(f"| {i} | {t['number']} | {_fmt(t['value'])} | {_fmt(t['fid_std'], 3)} | {t['n_seeds']} | "
-                     f"{t['K']} | {_fmt(t['a'], 3) if t['K'] != 1 else '—'} | {_fmt(t['b'], 3) if t['K'] != 1 else '—'} "
-                     f"| {t['role']} |")
+    lines += _ranking_lines(s)
+    lines += _rounds_lines(s)
 
     if s["ablations"]:
-        lines += ["", "## Ablations", ""]
+        lines += ["", "## Ablations", "",
+                  "Each configuration against K=1 at its NFE by the contract's test (the grid's own K=1 where it has "
+                  "one, else the study's), Bonferroni over the grid's K>1 configurations at that NFE.", ""]
         for name, rows in s["ablations"].items():
             pending = s.get("ablations_pending", {}).get(name, 0)
             lines += [f"### `{name}`", ""]
@@ -332,10 +520,14 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
                 continue
             if pending:
                 lines += [f"{pending} more trial(s) of this grid are waiting or running.", ""]
-            lines += ["| configuration | NFE | FID | seeds (trials) |", "|---|---:|---:|---:|"]
+            lines += ["| configuration | NFE | FID | seeds (trials) | ΔFID vs K=1 | test | vs K=1 |",
+                      "|---|---:|---:|---:|---:|---|---|"]
             for r in rows:
-                lines.append(f"| {r['config']} | {r['nfe']} | {_mean_sd(r)} | {r['n_seeds']} ({r['n_trials']}) |")
-            lines.append("")
+                c = {"method": r["method"], "p": r["p"], "comparisons": r["comparisons"]}
+                vs = _mark(r["direction"]) if r["K"] != 1 and r.get("reference") else "—"
+                lines.append(f"| {r['config']} | {r['nfe']} | {_mean_sd(r)} | {_seeds(r)} | "
+                             f"{_fmt(r['delta'], 3) if r['K'] != 1 else '—'} | {_p(c) if r['K'] != 1 else '—'} | {vs} |")
+            lines += ["", f"Training: {s.get('ablation_settings', {}).get(name, 'n/a')}.", ""]
 
     lines += ["", "## Figures", ""]
     for fo in figs:

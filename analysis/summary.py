@@ -1,27 +1,27 @@
-"""Plain tables computed from the trials frame (no plotting): the headline comparison per NFE, ablation
-tables, bootstrap confidence intervals.
+"""Plain tables computed from the trials frame (no plotting): the headline per NFE, the ranking of
+configurations with their noise marks, the K = 1 replicate band, the training settings every table states,
+ablation tables, PD's FID per round, bootstrap confidence intervals.
 
-Seeds are pooled per configuration: a configuration is (K, weights: a and b, or w1..wK), and its per-seed
-FIDs are the ``fid_seeds`` of every completed trial with that configuration at that NFE (a trial without
-``fid_seeds`` contributes its value as one seed). A seed run by several of those trials counts once, with
-the mean of its FIDs (see :func:`pooled`). Means are over the distinct seeds; the spread is their sample
-standard deviation (ddof = 1; undefined for one seed).
+Every "best" and every "improvement" here is the study contract's rule (``study/contract.py``, its module
+docstring states it): configurations pooled by seed, the K = 1 configuration as the baseline, the best K > 1
+configuration by mean FID over seeds, Welch's t (or a prediction interval when one side has one seed) with
+a Bonferroni count. This module only turns the trials frame into the contract's records and the contract's
+groups into table rows.
 
-Headline per NFE:
-- **K=1 baseline**: every completed K = 1 trial at that NFE, seeds pooled (the K = 1 loss has one weight, so
-  all K = 1 trials are the same configuration up to a loss scale);
-- **best B-DENSE**: the completed K > 1 trial with the lowest value at that NFE, and its configuration's
-  seeds pooled over every trial that repeats it (ablation grids add fresh seeds). It is chosen on the same
-  FIDs it reports, so it is optimistic when it comes from a search; ``--ablation nfe`` re-runs it.
+The headline uses the study's headline fidelity (``full`` once full-length confirmation trials completed,
+else ``screen``); the ranking, Figure 4 and the a-b fit use the screen (the search).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+from study import contract as C
 
 from .fit import main_nfe
 
@@ -31,197 +31,351 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
     return df[np.isfinite(df["value"].astype(float))]
 
 
-def seed_fids(row: pd.Series) -> list[float]:
-    """The trial's per-seed FIDs (its value alone when it has no ``fid_seeds``)."""
-    fs = row.get("fid_seeds")
-    if isinstance(fs, (list, tuple)) and fs:
-        vals = [float(v) for v in fs if v is not None and math.isfinite(float(v))]
-        if vals:
-            return vals
-    v = row.get("value")
-    return [float(v)] if v is not None and math.isfinite(float(v)) else []
+def records(trials: pd.DataFrame) -> list[dict[str, Any]]:
+    """The frame's rows as the contract's records (the column names are the contract's)."""
+    return trials.to_dict("records")
 
 
-def _w_cols(df: pd.DataFrame) -> list[str]:
-    return sorted((c for c in df.columns if c[:1] == "w" and c[1:].isdigit()), key=lambda c: int(c[1:]))
+def headline_fidelity(trials: pd.DataFrame) -> str:
+    """``full`` once the study has completed full-length trials, else ``screen`` (the contract's rule)."""
+    return C.headline_fidelity(records(trials))
 
 
-def config_key(row: pd.Series, w_cols: list[str] | None = None) -> tuple:
-    """Identifies a configuration: (K, mode, rounded weights parameters)."""
-    k = int(row["K"]) if pd.notna(row.get("K")) else None
-    if k == 1:
-        return (1,)
-    w_cols = w_cols if w_cols is not None else [c for c in row.index if c[:1] == "w" and c[1:].isdigit()]
-    ws = tuple(round(float(row[c]), 6) for c in w_cols if pd.notna(row.get(c)))
-    if row.get("weights_mode") == "free" and ws:
-        return (k, "free", ws)
-    a, b = row.get("a_eff"), row.get("b_eff")
-    return (k, "exp", round(float(a), 6) if pd.notna(a) else None, round(float(b), 6) if pd.notna(b) else None)
+def describe_config(row: Mapping[str, Any]) -> str:
+    """``K=4, a=0.31, b=0.042`` (``K=1`` for the baseline; ``K=2, w=...`` for free weights)."""
+    return C.describe_config(C.config_key(dict(row)))
 
 
 def is_uniform(row: pd.Series) -> bool:
     """K > 1 with equal weights: a = 0 for exponential weights, all w_k equal for free ones."""
     if pd.isna(row.get("K")) or int(row["K"]) <= 1:
         return False
-    if row.get("role") == "baseline-uniform":
+    if row.get("role") == C.ROLE_BASELINE_UNIFORM:
         return True
-    if row.get("weights_mode") == "free":
-        ws = [float(row[f"w{i}"]) for i in range(1, int(row["K"]) + 1) if pd.notna(row.get(f"w{i}"))]
-        return len(ws) == int(row["K"]) and max(ws) - min(ws) <= 1e-9 * max(abs(max(ws)), 1.0)
-    a = row.get("a_eff")
-    return pd.notna(a) and abs(float(a)) < 1e-12
+    return _uniform_key(C.config_key(dict(row)))
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
+def _uniform_key(key: tuple) -> bool:
+    if key[0] is None or key == (1,) or key[0] <= 1:
+        return False
+    if key[1] == "free":
+        ws = key[2]
+        return max(ws) - min(ws) <= 1e-9 * max(abs(max(ws)), 1.0)
+    return key[2] is not None and abs(key[2]) < 1e-12
 
 
-def describe_config(row: pd.Series) -> str:
-    """``K=4, a=0.31, b=0.042`` (``K=1`` for the baseline; fitted pair marked for free weights)."""
-    k = int(row["K"]) if pd.notna(row.get("K")) else None
-    if k == 1:
-        return "K=1"
-    a, b = row.get("a_eff"), row.get("b_eff")
-    ab = f"a={_fmt(float(a))}, b={_fmt(float(b))}" if pd.notna(a) and pd.notna(b) else "weights n/a"
-    if row.get("weights_mode") == "free":
-        ab = "free weights, fitted " + ab
-    return f"K={k}, {ab}" if k is not None else ab
+def _value_of(recs: Iterable[Mapping[str, Any]]) -> dict[int, float]:
+    return {int(r["number"]): float(r["value"]) for r in recs if C._num(r.get("value")) is not None}
 
 
-def seed_pairs(row: pd.Series) -> list[tuple[Any, float]]:
-    """(seed, FID) pairs of a trial; the seed is ``(trial number, i)`` when the trial does not list its seeds."""
-    fids = seed_fids(row)
-    seeds = row.get("seeds")
-    fs = row.get("fid_seeds")
-    if (isinstance(seeds, (list, tuple)) and isinstance(fs, (list, tuple)) and len(seeds) == len(fs)
-            and len(fids) == len(fs)):
-        return [(int(sd) if isinstance(sd, (int, np.integer)) else sd, f) for sd, f in zip(seeds, fids)]
-    return [((int(row["number"]), i), f) for i, f in enumerate(fids)]
-
-
-def pooled(rows: pd.DataFrame) -> dict[str, Any]:
-    """Mean, spread and counts of the per-seed FIDs of ``rows`` (trials of one configuration).
-
-    A seed that several trials ran (a repeated configuration with the same seed) counts once, with the mean
-    of its FIDs: repeats of one seed are not independent samples, and counting them twice would shrink the
-    spread. ``n_seeds`` is the number of distinct seeds, ``n_runs`` the number of (trial, seed) runs.
-    """
-    by_seed: dict[Any, list[float]] = {}
-    for _, r in rows.iterrows():
-        for seed, f in seed_pairs(r):
-            by_seed.setdefault(seed, []).append(f)
-    fids = [float(np.mean(v)) for v in by_seed.values()]
-    arr = np.asarray(fids, dtype=float)
-    return {
-        "mean": float(arr.mean()) if arr.size else float("nan"),
-        "std": float(arr.std(ddof=1)) if arr.size > 1 else float("nan"),
-        "min": float(arr.min()) if arr.size else float("nan"),
-        "max": float(arr.max()) if arr.size else float("nan"),
-        "n_seeds": int(arr.size),
-        "n_runs": int(sum(len(v) for v in by_seed.values())),
-        "n_trials": int(len(rows)),
-        "fids": [float(v) for v in arr],
-        "trial_numbers": [int(n) for n in rows["number"]],
+def group_stats(g: C.Group | None, values: Mapping[int, float] | None = None) -> dict[str, Any] | None:
+    """A contract group as a table row: ``mean``, ``std`` (over seeds), ``n_seeds``, ``n_runs``, ``n_trials``,
+    ``fids`` (one per seed), ``runs``, ``min``/``max`` (over runs), ``config``, ``K``, ``a``, ``b`` and
+    ``trial_number`` (its trial with the lowest value, when ``values`` maps trial numbers to values)."""
+    if g is None:
+        return None
+    key = g.key
+    k = key[0]
+    a = b = None
+    if len(key) == 4:
+        a, b = key[2], key[3]
+    elif k == 1:
+        a, b = 0.0, 1.0
+    out = {
+        "config": g.label, "K": k, "a": a, "b": b, "weights_mode": "free" if len(key) == 3 else "exp",
+        "mean": g.mean, "std": g.sd, "n_seeds": g.n, "n_runs": g.n_runs, "n_trials": len(g.trials),
+        "fids": list(g.values), "runs": list(g.runs), "seeds": [s if isinstance(s, (int, str)) else str(s) for s in g.seeds],
+        "min": min(g.runs) if g.runs else float("nan"), "max": max(g.runs) if g.runs else float("nan"),
+        "trial_numbers": sorted(g.trials),
     }
+    if values:
+        mine = [(values[t], t) for t in g.trials if t in values]
+        if mine:
+            out["trial_value"], out["trial_number"] = min(mine)
+    return out
 
 
-def _nfe_values(done: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
-    fallback = main_nfe(trials)
-    nfe = done["nfe"]
-    if fallback is not None:
-        nfe = nfe.fillna(fallback)
-    return nfe
+def _nfes(recs: list[dict], default: int | None, fidelity: str | None) -> list[int]:
+    out = set()
+    for r in recs:
+        if r.get("state") != "COMPLETE" or C._num(r.get("value")) is None:
+            continue
+        if fidelity is not None and C.fidelity_of(r) != fidelity:
+            continue
+        n = C.nfe_of(r, default)
+        if n is not None:
+            out.add(n)
+    return sorted(out)
 
 
-def headline(trials: pd.DataFrame) -> list[dict[str, Any]]:
-    """Baseline vs best B-DENSE per NFE (sorted by NFE); see the module docstring for the rules."""
-    done = completed(trials).copy()
-    if done.empty:
-        return []
-    done["_nfe"] = _nfe_values(done, trials)
-    w_cols = _w_cols(done)
-    done["_cfg"] = [config_key(r, w_cols) for _, r in done.iterrows()]
+def headline(trials: pd.DataFrame, fidelity: str | None = None) -> list[dict[str, Any]]:
+    """K = 1 baseline vs the best B-DENSE configuration per NFE (sorted by NFE), by the contract's rule.
+
+    ``fidelity`` None: each NFE's headline fidelity (``full`` where that NFE has completed full-length
+    trials, else ``screen``). Each row: ``nfe``, ``fidelity``, ``baseline`` and
+    ``bdense`` (:func:`group_stats` rows or None), ``delta`` (baseline - best mean), ``delta_pct``,
+    ``comparison`` (the contract's test as a dict), ``verdict`` (one sentence) and ``candidates`` (the number
+    of K > 1 configurations the best was chosen from, which is the Bonferroni count).
+    """
+    recs = records(trials)
+    default = main_nfe(trials)
+    values = _value_of(recs)
     out = []
-    nfes = sorted(int(v) for v in done["_nfe"].dropna().unique())
-    for nfe in nfes:
-        at = done[(done["_nfe"] == nfe).fillna(False).astype(bool)]
-        k = at["K"].fillna(0).astype(int)
-        base_rows = at[k == 1]
-        bd_rows = at[k > 1]
-        row: dict[str, Any] = {"nfe": nfe, "baseline": None, "bdense": None, "delta": None, "delta_pct": None}
-        if not base_rows.empty:
-            row["baseline"] = pooled(base_rows)
-        if not bd_rows.empty:
-            best = bd_rows.sort_values(["value", "number"], kind="stable").iloc[0]
-            same = bd_rows[bd_rows["_cfg"] == best["_cfg"]]
-            stats = pooled(same)
-            stats.update({
-                "trial_number": int(best["number"]), "K": int(best["K"]),
-                "a": float(best["a_eff"]) if pd.notna(best["a_eff"]) else None,
-                "b": float(best["b_eff"]) if pd.notna(best["b_eff"]) else None,
-                "weights_mode": best.get("weights_mode"), "config": describe_config(best),
-                "trial_value": float(best["value"]),
-            })
-            row["bdense"] = stats
-        if row["baseline"] and row["bdense"]:
-            d = row["baseline"]["mean"] - row["bdense"]["mean"]
-            row["delta"] = d
-            row["delta_pct"] = 100.0 * d / row["baseline"]["mean"] if row["baseline"]["mean"] else None
+    for nfe in _nfes(recs, default, fidelity):
+        fid = fidelity or C.headline_fidelity([r for r in recs if C.nfe_of(r, default) == nfe])
+        h = C.headline(recs, nfe=nfe, fidelity=fid, default_nfe=default)
+        row: dict[str, Any] = {"nfe": nfe, "fidelity": fid, "baseline": group_stats(h.baseline, values),
+                               "bdense": group_stats(h.best, values), "delta": None, "delta_pct": None,
+                               "comparison": None, "verdict": None, "candidates": h.candidates}
+        if h.improvement is not None:
+            imp = h.improvement
+            row["delta"] = imp.delta
+            row["delta_pct"] = 100.0 * imp.relative if math.isfinite(imp.relative) else None
+            row["comparison"] = imp.as_dict()
+            row["verdict"] = imp.verdict()
         out.append(row)
     return out
 
 
-def uniform_baseline(trials: pd.DataFrame) -> list[dict[str, Any]]:
-    """Uniform weights (a = 0, K > 1) per NFE and K, seeds pooled."""
-    done = completed(trials).copy()
-    if done.empty:
-        return []
-    done["_nfe"] = _nfe_values(done, trials)
-    uni = done[pd.Series([is_uniform(r) for _, r in done.iterrows()], index=done.index, dtype=bool)]
-    out = []
-    for (nfe, kk), rows in uni.groupby([uni["_nfe"], uni["K"].astype(int)], sort=True):
-        stats = pooled(rows)
-        stats.update({"nfe": int(nfe), "K": int(kk)})
-        out.append(stats)
+def configurations(trials: pd.DataFrame, nfe: int | None | str = "auto", fidelity: str | None = C.SCREEN,
+                   alpha: float = 0.05) -> pd.DataFrame:
+    """Every K > 1 configuration at one NFE and fidelity, ranked as the contract ranks them (mean FID over
+    seeds, then more seeds, then the earlier trial), each compared with K = 1 by the contract's test.
+
+    Columns: ``rank``, ``config``, ``K``, ``a``, ``b``, ``mean``, ``std``, ``n_seeds``, ``n_runs``,
+    ``n_trials``, ``trial_number`` (the best trial of the configuration), ``fids``, ``delta`` (K = 1 mean
+    minus this mean), ``p``, ``method``, ``direction`` (``"lower"``/``"higher"`` beyond noise, else ``""``),
+    ``comparisons`` (the Bonferroni count: every K > 1 configuration here).
+    """
+    recs = records(trials)
+    default = main_nfe(trials)
+    nfe = default if nfe == "auto" else nfe
+    gs = C.groups(recs, nfe=nfe, fidelity=fidelity, default_nfe=default)
+    cmp = C.versus_baseline(gs, alpha=alpha)
+    values = _value_of(recs)
+    rows = []
+    for g in gs.values():
+        if g.key == (1,) or g.n == 0:
+            continue
+        st = group_stats(g, values)
+        c = cmp.get(g.key)
+        st.update({"delta": c.delta if c else float("nan"), "p": c.p if c else float("nan"),
+                   "method": c.method if c else "none", "direction": c.direction if c else "",
+                   "comparisons": c.comparisons if c else 0,
+                   "_order": (g.mean, -g.n, min(g.trials) if g.trials else 0)})
+        rows.append(st)
+    cols = ["rank", "config", "K", "a", "b", "weights_mode", "mean", "std", "n_seeds", "n_runs", "n_trials",
+            "trial_number", "fids", "delta", "p", "method", "direction", "comparisons"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    rows.sort(key=lambda r: r.pop("_order"))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    return pd.DataFrame(rows)[cols]
+
+
+def replicate_band(trials: pd.DataFrame, nfe: int | None | str = "auto", fidelity: str | None = C.SCREEN
+                   ) -> dict[str, Any] | None:
+    """The spread of the K = 1 configuration's runs at one NFE and fidelity (None without K = 1 runs).
+
+    ``mean``/``sd`` over every run, repeats of a seed included (the band a figure draws: what one more K = 1
+    run would scatter over); ``n_runs``, ``n_seeds``, ``min``/``max``; ``within_seed_sd`` (pooled over seeds
+    with repeated runs: run-to-run noise at a fixed seed; ``repeated_seeds`` gives each such seed's runs and
+    range) and ``seed_mean``/``seed_sd`` (over the seeds' means: the spread the contract's test uses).
+    """
+    recs = records(trials)
+    default = main_nfe(trials)
+    nfe = default if nfe == "auto" else nfe
+    g = C.groups(recs, nfe=nfe, fidelity=fidelity, default_nfe=default).get((1,))
+    if g is None or not g.runs:
+        return None
+    repeated = [(s, r) for s, r in zip(g.seeds, g.seed_runs) if len(r) > 1]
+    return {"nfe": nfe, "fidelity": fidelity, "mean": g.run_mean, "sd": g.run_sd, "n_runs": g.n_runs,
+            "n_seeds": g.n, "min": min(g.runs), "max": max(g.runs), "within_seed_sd": g.within_seed_sd,
+            "repeated_seeds": {str(s): {"runs": len(r), "min": min(r), "max": max(r)} for s, r in repeated},
+            "seed_mean": g.mean, "seed_sd": g.sd, "n_trials": len(g.trials)}
+
+
+# ------------------------------------------------------------------------------------ training settings
+SETTING_LABELS = {C.ITERATIONS: "iterations", C.SEEDS: "seeds", C.AFS: "AFS", C.TEACHER_SUBSTEPS: "S",
+                  C.BATCH_SIZE: "batch", C.LR: "lr", C.TEACHER_PATHS: "teacher paths", C.DISTANCE: "PD distance"}
+_SEP = {C.TEACHER_SUBSTEPS: " = ", C.TEACHER_PATHS: ": ", C.DISTANCE: ": "}
+PD_SETTINGS = (C.ITERATIONS, C.SEEDS, C.DISTANCE, C.BATCH_SIZE, C.LR)
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is pd.NA:
+        return None
+    return v
+
+
+def _seed_order(s: Any) -> tuple:
+    return (0, s, "") if isinstance(s, (int, np.integer)) else (1, 0, str(s))
+
+
+def _fmt_value(field: str, v: Any) -> str:
+    if isinstance(v, bool) or field == C.AFS:
+        return "on" if v in (True, "true", "True", 1) else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def settings(trials: pd.DataFrame, fields: Iterable[str] | None = None) -> dict[str, Any]:
+    """The training settings of ``trials`` (completed rows): for each field the distinct values and how many
+    trials had each, read from the trials' user attributes, else the study's attribute of that name.
+
+    ``fields`` None: the contract's :data:`~study.contract.SETTINGS` (PD's own list when every trial is PD).
+    Seeds are summarised as the distinct seeds and the seeds per trial. Returns ``{field: [(value, count)]}``
+    (``[]``: recorded nowhere) plus ``"text"``: one line for a table's caption.
+    """
+    done = completed(trials) if "state" in trials else trials
+    sattrs = trials.attrs.get("study", {}) if hasattr(trials, "attrs") else {}
+    if fields is None:
+        fw = set(done["framework"].dropna().astype(str)) if "framework" in done else set()
+        fields = PD_SETTINGS if fw == {"pd"} else C.SETTINGS
+    out: dict[str, Any] = {}
+    parts = []
+    n = len(done)
+    for f in fields:
+        if f == C.SEEDS:
+            seeds, per = set(), Counter()
+            for v in done.get(C.SEEDS, pd.Series(dtype=object)):
+                lst = v if isinstance(v, (list, tuple)) else ([] if v is None or (isinstance(v, float) and math.isnan(v)) else [v])
+                seeds.update(_hashable(s) for s in lst)
+                per[len(lst)] += 1
+            out[f] = sorted(seeds, key=_seed_order)
+            if seeds:
+                shown = ", ".join(str(s) for s in out[f][:8])
+                more = f" and {len(seeds) - 8} more" if len(seeds) > 8 else ""
+                per_txt = " or ".join(str(k) for k in sorted(per))
+                parts.append(f"seeds {shown}{more} ({per_txt} per trial)")
+            else:
+                parts.append("seeds not recorded in the trials")
+            continue
+        col = done[f] if f in done else pd.Series([None] * n, index=done.index, dtype=object)
+        vals = [_hashable(v) for v in col]
+        if all(v is None for v in vals) and sattrs.get(f) is not None:
+            vals = [_hashable(sattrs[f])] * n
+        counts = Counter(v for v in vals if v is not None)
+        out[f] = sorted(counts.items(), key=lambda kv: -kv[1])
+        label = SETTING_LABELS.get(f, f)
+        if not counts:
+            parts.append(f"{label} not recorded in the trials")
+        elif len(counts) == 1:
+            v = next(iter(counts))
+            parts.append(f"{_fmt_value(f, v)} {label}" if f == C.ITERATIONS else f"{label}{_SEP.get(f, ' ')}{_fmt_value(f, v)}")
+        else:
+            parts.append(f"{label} DIFFERS: " + ", ".join(f"{_fmt_value(f, v)} ({c} trial{'s' if c != 1 else ''})"
+                                                          for v, c in out[f]))
+    missing = sum(1 for v in (done[C.ITERATIONS] if C.ITERATIONS in done else []) if _hashable(v) is None)
+    out["text"] = "; ".join(parts) + (f" ({missing} trials without a recorded length)" if 0 < missing < n else "")
     return out
 
 
+def settings_for(trials: pd.DataFrame, nfe: int | None = None, fidelity: str | None = None,
+                 role: str | None = None) -> dict[str, Any]:
+    """:func:`settings` of the completed trials at ``nfe``/``fidelity``/``role`` (None: any)."""
+    done = completed(trials)
+    default = main_nfe(trials)
+    keep = [(nfe is None or C.nfe_of(r, default) == nfe) and (fidelity is None or C.fidelity_of(r) == fidelity)
+            and (role is None or r.get("role") == role) for r in records(done)]
+    sub = done[pd.Series(keep, index=done.index, dtype=bool)]
+    sub.attrs = trials.attrs
+    return settings(sub)
+
+
+# ------------------------------------------------------------------------------------------- ablations
 def ablation_names(trials: pd.DataFrame) -> list[str]:
     roles = trials["role"].dropna().astype(str)
-    return sorted({r.split(":", 1)[1] for r in roles if r.startswith("ablation:")})
+    return sorted({r.split(":", 1)[1] for r in roles if r.startswith(C.ABLATION_PREFIX)})
 
 
-def ablation_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:
-    """One row per configuration of ablation ``name`` (completed trials), seeds pooled.
+def ablation_table(trials: pd.DataFrame, name: str, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per configuration of ablation ``name`` (completed trials) at each NFE, seeds pooled by the
+    contract, and each K > 1 configuration against K = 1 at that NFE by the contract's test.
 
-    Columns: ``config``, ``K``, ``a``, ``b``, ``nfe``, ``mean``, ``std``, ``n_seeds``, ``n_trials``, ``fids``.
-    Sorted by NFE, then K, then a.
+    The K = 1 reference is the grid's own K = 1 configuration when it has one (the ``k`` and ``nfe`` grids),
+    else the study's K = 1 trials at that NFE and fidelity; ``comparisons`` counts the grid's K > 1
+    configurations at that NFE. Columns: ``config``, ``K``, ``a``, ``b``, ``nfe``, ``fidelity``, ``mean``,
+    ``std``, ``n_seeds``, ``n_runs``, ``n_trials``, ``fids``, ``delta``, ``p``, ``method``, ``direction``,
+    ``comparisons``, ``reference`` (``"grid"`` or ``"study"``). Sorted by NFE, then K, then a, then b.
     """
-    done = completed(trials).copy()
-    done = done[done["role"] == f"ablation:{name}"]
-    cols = ["config", "K", "a", "b", "nfe", "mean", "std", "n_seeds", "n_trials", "fids"]
-    if done.empty:
-        return pd.DataFrame(columns=cols)
-    done["_nfe"] = _nfe_values(done, trials)
-    w_cols = _w_cols(done)
-    done["_cfg"] = [config_key(r, w_cols) + (int(n) if pd.notna(n) else None,) for (_, r), n in
-                    zip(done.iterrows(), done["_nfe"])]
+    cols = ["config", "K", "a", "b", "nfe", "fidelity", "mean", "std", "n_seeds", "n_runs", "n_trials", "fids",
+            "delta", "p", "method", "direction", "comparisons", "reference"]
+    recs = records(trials)
+    default = main_nfe(trials)
+    mine = [r for r in recs if r.get("role") == f"{C.ABLATION_PREFIX}{name}" and r.get("state") == "COMPLETE"]
     rows = []
-    for _, grp in done.groupby("_cfg", sort=False):
-        first = grp.iloc[0]
-        st = pooled(grp)
-        rows.append({
-            "config": describe_config(first), "K": int(first["K"]) if pd.notna(first["K"]) else None,
-            "a": float(first["a_eff"]) if pd.notna(first["a_eff"]) else float("nan"),
-            "b": float(first["b_eff"]) if pd.notna(first["b_eff"]) else float("nan"),
-            "nfe": int(first["_nfe"]) if pd.notna(first["_nfe"]) else None,
-            "mean": st["mean"], "std": st["std"], "n_seeds": st["n_seeds"], "n_trials": st["n_trials"],
-            "fids": st["fids"],
-        })
+    for fid in C.FIDELITIES:
+        for nfe in _nfes(mine, default, fid):
+            gs = C.groups(mine, nfe=nfe, fidelity=fid, default_nfe=default)
+            base, ref = gs.get((1,)), "grid"
+            if base is None:
+                base, ref = C.groups(recs, nfe=nfe, fidelity=fid, default_nfe=default).get((1,)), "study"
+            others = [g for g in gs.values() if g.key != (1,)]
+            for g in gs.values():
+                st = group_stats(g)
+                c = C.compare(base, g, comparisons=len(others), alpha=alpha) if base is not None and g.key != (1,) else None
+                rows.append({**{k: st[k] for k in ("config", "K", "a", "b", "mean", "std", "n_seeds", "n_runs",
+                                                    "n_trials", "fids")},
+                             "nfe": nfe, "fidelity": fid,
+                             "delta": c.delta if c else float("nan"), "p": c.p if c else float("nan"),
+                             "method": c.method if c else "", "direction": c.direction if c else "", "comparisons": c.comparisons if c else 0,
+                             "reference": ref if c else ""})
+    if not rows:
+        return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows, columns=cols)
-    return out.sort_values(["nfe", "K", "a"], na_position="last", kind="stable").reset_index(drop=True)
+    return out.sort_values(["nfe", "K", "a", "b"], na_position="last", kind="stable").reset_index(drop=True)
 
 
+def uniform_baseline(trials: pd.DataFrame, fidelity: str | None = None) -> list[dict[str, Any]]:
+    """Uniform weights (K > 1, a = 0 or equal free weights) per NFE and K at the headline fidelity."""
+    recs = records(trials)
+    fid = fidelity or C.headline_fidelity(recs)
+    default = main_nfe(trials)
+    out = []
+    for nfe in _nfes(recs, default, fid):
+        for key, g in sorted(C.groups(recs, nfe=nfe, fidelity=fid, default_nfe=default).items(),
+                             key=lambda kv: kv[0][0]):
+            if _uniform_key(key):
+                st = group_stats(g)
+                st.update({"nfe": nfe})
+                out.append(st)
+    return out
+
+
+def round_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Progressive distillation's FID after every round (the ``fid_rounds`` user attribute), per
+    configuration, NFE and fidelity: one row per (configuration, round) with the mean, s.d. and number of
+    trials over the trials that recorded that round. Empty when no trial recorded ``fid_rounds``."""
+    cols = ["config", "nfe", "fidelity", "round", "mean", "std", "n"]
+    if C.FID_ROUNDS not in trials:
+        return pd.DataFrame(columns=cols)
+    default = main_nfe(trials)
+    by: dict[tuple, list[list[float]]] = {}
+    for _, r in completed(trials).iterrows():
+        fr = r.get(C.FID_ROUNDS)
+        if not isinstance(fr, (list, tuple)) or not fr:
+            continue
+        rec = r.to_dict()
+        key = (C.describe_config(C.config_key(rec)), C.nfe_of(rec, default), C.fidelity_of(rec))
+        by.setdefault(key, []).append([float(v) if C._num(v) is not None else float("nan") for v in fr])
+    rows = []
+    for (cfg, nfe, fid), lists in by.items():
+        for i in range(max(len(x) for x in lists)):
+            v = np.array([x[i] for x in lists if len(x) > i and math.isfinite(x[i])], dtype=float)
+            if v.size:
+                rows.append({"config": cfg, "nfe": nfe, "fidelity": fid, "round": i + 1, "mean": float(v.mean()),
+                             "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------------------------------------- misc
 def bootstrap_ci(values, ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean (a single value gives (v, v); none gives NaNs)."""
     x = np.asarray(values, dtype=float)

@@ -115,12 +115,13 @@ AB_CELLS = [
 
 ABL_CELLS = [
     new_markdown_cell(
-        "# Ablations: K, the weight schedule, and NFE\n\n"
+        "# Ablations: K, the weight schedule, NFE and b\n\n"
         "The designed grids are enqueued into the study and run by its workers:\n\n"
         "```\npython study/run.py --study-name NAME --ablation k          # every K, one fixed schedule\n"
         "python study/run.py --study-name NAME --ablation schedule   # several (a, b) at a fixed K\n"
-        "python study/run.py --study-name NAME --ablation nfe        # K=1 vs best B-DENSE at NFE 2..5\n```\n\n"
-        "(`analysis.ablation.enqueue_ablation` defines the grids.) This notebook shows what they found, next to "
+        "python study/run.py --study-name NAME --ablation nfe        # K=1 vs best B-DENSE at NFE 2..5\n"
+        "python study/run.py --study-name NAME --ablation b          # b = 0.1, 1, 10 at the best K and a\n```\n\n"
+        "(`study.designs.enqueue_ablation` defines the grids.) This notebook shows what they found, next to "
         "the search's own trials."),
     new_code_cell(PARAMS, metadata={"tags": ["parameters"]}),
     new_code_cell(SETUP),

@@ -16,7 +16,7 @@ from bdense_core.schedule import WEIGHT_MODES
 from .config import (
     JOURNAL_NAME, OBJECTIVES, PATHS, PRUNERS, RUNS_DIR_ENV, SAMPLERS, StudyConfig, UsageError, resolve,
 )
-from .designs import DESIGNS
+from .designs import ABLATIONS
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the search, re-train the N best configurations and both baselines at --confirm-length")
     g.add_argument("--confirm-seeds", type=int, default=3, metavar="S", help="independent seeds per confirmed configuration")
     g.add_argument("--confirm-length", choices=LENGTHS, default="full", help="training length of the confirmation")
-    g.add_argument("--ablation", choices=DESIGNS, default=None,
+    g.add_argument("--ablation", choices=ABLATIONS, default=None,
                    help="first enqueue a designed grid of fixed configurations (study/designs.py)")
     g.add_argument("--ablation-seeds", type=int, default=3, metavar="N", help="seeds per ablation configuration")
 

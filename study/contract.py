@@ -1,8 +1,8 @@
 """The study contract: the names both stores share, and the one rule for "best" and "improvement".
 
 ``study/`` writes these names, ``analysis/`` and the notebooks read them; nothing else spells them out. The
-module imports only the standard library and SciPy's t distribution, so the report, the notebooks and the
-end-of-study table can all use it.
+module imports only the standard library and SciPy's Student-t CDF (``scipy.special.stdtr``), so the report,
+the notebooks and the end-of-study table can all use it.
 
 The rule (:func:`headline`), applied to the trials of one NFE and one fidelity (``screen`` or ``full``):
 
@@ -13,10 +13,16 @@ The rule (:func:`headline`), applied to the trials of one NFE and one fidelity (
 - the **baseline** is the K = 1 configuration; the **best** is the K > 1 configuration with the lowest mean
   FID over its seeds (ties: more seeds, then the earlier trial);
 - the **improvement** is baseline mean minus best mean (positive: B-DENSE is better), tested with Welch's t
-  when both sides have two or more seeds, or against the K = 1 replicates' spread (a prediction interval)
-  when the best has one seed; ``beyond_noise`` holds when the two-sided p is below ``alpha / m``, m being the
-  number of K > 1 configurations the best was chosen from (Bonferroni). The best of many configurations
-  measured once is an optimistic pick: the full-fidelity confirmation re-runs it on fresh seeds.
+  when both sides have two or more seeds, or, when one side has a single seed, against the other side's
+  spread over seeds (the prediction interval of one new seed); ``beyond_noise`` holds when the two-sided p is
+  below ``alpha / m``, m being the number of K > 1 configurations the best was chosen from (Bonferroni). The
+  best of many configurations measured once is an optimistic pick: the full-fidelity confirmation re-runs it
+  on fresh seeds. With one seed on both sides nothing is judged (``method="none"``).
+- **noise marks** (:func:`versus_baseline`): every K > 1 configuration is compared with K = 1 by the same
+  test, m = the number of K > 1 configurations; ``Comparison.direction`` is ``"lower"``/``"higher"`` for
+  those beyond noise. A figure's **replicate band** is the K = 1 runs' mean +- s.d. (``Group.run_mean``,
+  ``Group.run_sd``: repeats of one seed included, so it shows the run-to-run spread the search's single
+  trials carry); the test itself uses the per-seed spread (``Group.sd``), which a new seed must beat.
 """
 
 from __future__ import annotations
@@ -79,6 +85,14 @@ SCREEN_TRIAL = "screen_trial"  # on a confirmation trial: the screen trial it re
 CONFIRM_RANK = "confirm_rank"  # on a confirmation trial: 1..N for the screen's top N, 0 for the baselines
 # What an enqueued trial is told to run besides its params: a retry of a failed trial keeps these.
 PLAN_ATTRS = (ROLE, PARAM_K, SEEDS, NFE, FIDELITY, ABLATION, ABLATION_CONFIG, SCREEN_TRIAL, CONFIRM_RANK)
+AFS = "afs"
+BATCH_SIZE = "batch_size"
+LR = "lr"
+TEACHER_SUBSTEPS = "teacher_substeps"  # S: teacher steps per student interval
+FID_ROUNDS = "fid_rounds"  # progressive distillation: FID after each round
+DISTANCE = "distance"  # progressive distillation: "x" or "state"
+# the training settings every table states (read from the trials; the study's attribute where a trial lacks one)
+SETTINGS = (ITERATIONS, SEEDS, AFS, TEACHER_SUBSTEPS, BATCH_SIZE, LR, TEACHER_PATHS)
 
 # -- study user attributes ---------------------------------------------------------------------------------
 STUDY_PRESET = "preset"
@@ -178,6 +192,14 @@ def seed_values(rec: Mapping[str, Any], metric: str = FID) -> list[tuple[Any, fl
     return [((rec.get("number"), 0), v)] if v is not None else []
 
 
+def _sd(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    m = sum(values) / n
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
 @dataclass
 class Group:
     """One configuration's trials at one NFE and fidelity, pooled by seed."""
@@ -187,6 +209,7 @@ class Group:
     seeds: list[Any] = field(default_factory=list)
     trials: list[int] = field(default_factory=list)
     runs: list[float] = field(default_factory=list)  # every (trial, seed) value, repeats of a seed included
+    seed_runs: list[list[float]] = field(default_factory=list)  # each seed's runs, in the order of ``seeds``
 
     @property
     def n(self) -> int:
@@ -198,11 +221,30 @@ class Group:
 
     @property
     def sd(self) -> float:
-        n = len(self.values)
-        if n < 2:
+        """Sample s.d. over the seeds (each seed's mean counts once): the spread the comparisons use."""
+        return _sd(self.values)
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.runs)
+
+    @property
+    def run_mean(self) -> float:
+        return sum(self.runs) / len(self.runs) if self.runs else float("nan")
+
+    @property
+    def run_sd(self) -> float:
+        """Sample s.d. over every run, repeats of a seed included: the replicate band a figure draws."""
+        return _sd(self.runs)
+
+    @property
+    def within_seed_sd(self) -> float:
+        """Pooled s.d. of the repeated runs of one seed (run-to-run noise at a fixed seed); NaN without repeats."""
+        reps = [r for r in self.seed_runs if len(r) > 1]
+        dof = sum(len(r) - 1 for r in reps)
+        if not dof:
             return float("nan")
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (n - 1))
+        return math.sqrt(sum(sum((v - sum(r) / len(r)) ** 2 for v in r) for r in reps) / dof)
 
     @property
     def label(self) -> str:
@@ -210,8 +252,8 @@ class Group:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(config=self.label, key=list(self.key), mean=self.mean, sd=self.sd, n=self.n,
-                    values=list(self.values), runs=list(self.runs), seeds=[s if isinstance(s, (int, str)) else str(s) for s in self.seeds],
-                    trials=list(self.trials))
+                    values=list(self.values), runs=list(self.runs), n_runs=self.n_runs,
+                    seeds=[s if isinstance(s, (int, str)) else str(s) for s in self.seeds], trials=list(self.trials))
 
 
 def groups(records: Iterable[Mapping[str, Any]], *, nfe: int | None = None, fidelity: str | None = None,
@@ -240,6 +282,7 @@ def groups(records: Iterable[Mapping[str, Any]], *, nfe: int | None = None, fide
             g.seeds.append(seed)
             g.values.append(sum(vs) / len(vs))
             g.runs.extend(vs)
+            g.seed_runs.append(list(vs))
         out[key] = g
     return out
 
@@ -250,7 +293,7 @@ class Comparison:
 
     delta: float
     relative: float
-    method: str  # "welch", "prediction" (one value against replicates) or "none"
+    method: str  # "welch", "prediction" (one value against the other side's seeds) or "none"
     t: float = float("nan")
     df: float = float("nan")
     p: float = float("nan")
@@ -261,6 +304,13 @@ class Comparison:
     def beyond_noise(self) -> bool:
         return math.isfinite(self.p) and self.p < self.alpha / max(1, self.comparisons)
 
+    @property
+    def direction(self) -> str:
+        """``"lower"`` (the other configuration beats the baseline beyond noise), ``"higher"`` or ``""``."""
+        if not self.beyond_noise:
+            return ""
+        return "lower" if self.delta > 0 else "higher"
+
     def verdict(self, what: str = "B-DENSE") -> str:
         if self.method == "none":
             return f"{what} {'lower' if self.delta > 0 else 'higher'} by {abs(self.delta):.3g} FID; no spread to judge it by"
@@ -268,44 +318,63 @@ class Comparison:
             return (f"no difference beyond noise ({self.delta:+.3g} FID, p = {self.p:.2g}, "
                     f"{self.comparisons} comparison{'s' if self.comparisons != 1 else ''})")
         better = "helps" if self.delta > 0 else "hurts"
-        return f"{what} {better}: {self.delta:+.3g} FID (p = {self.p:.2g}, {self.comparisons} comparisons)"
+        return (f"{what} {better}: {self.delta:+.3g} FID (p = {self.p:.2g}, {self.comparisons} "
+                f"comparison{'s' if self.comparisons != 1 else ''})")
 
     def as_dict(self) -> dict[str, Any]:
         return dict(delta=self.delta, relative=self.relative, method=self.method, t=self.t, df=self.df, p=self.p,
-                    comparisons=self.comparisons, alpha=self.alpha, beyond_noise=self.beyond_noise)
+                    comparisons=self.comparisons, alpha=self.alpha, beyond_noise=self.beyond_noise,
+                    direction=self.direction)
 
 
 def _t_sf2(t: float, df: float) -> float:
-    """Two-sided p of Student's t."""
-    from scipy.stats import t as student_t
+    """Two-sided p of Student's t (``scipy.special.stdtr``: the CDF, without importing scipy.stats)."""
+    from scipy.special import stdtr
 
-    return float(2 * student_t.sf(abs(t), df))
+    return float(2 * stdtr(df, -abs(t)))
 
 
 def compare(baseline: Group, other: Group, comparisons: int = 1, alpha: float = 0.05) -> Comparison:
-    """``baseline.mean - other.mean`` with Welch's t (n >= 2 on both sides) or, when ``other`` has one value,
-    the prediction interval of one new replicate of the baseline."""
+    """``baseline.mean - other.mean`` judged against the seeds' spread.
+
+    Welch's t when both sides have two or more seeds; when one side has a single seed, the prediction
+    interval of one new seed of the other side (t = delta / (s sqrt(1 + 1/n)), n - 1 degrees of freedom);
+    ``method="none"`` (no p) when neither side has a spread (one seed each, or identical values).
+    """
     delta = baseline.mean - other.mean
     rel = delta / baseline.mean if baseline.mean else float("nan")
     out = Comparison(delta, rel, "none", comparisons=comparisons, alpha=alpha)
     n1, n2 = baseline.n, other.n
-    v1 = baseline.sd**2 if n1 > 1 else float("nan")
-    v2 = other.sd**2 if n2 > 1 else float("nan")
     if n1 > 1 and n2 > 1:
+        v1, v2 = baseline.sd**2, other.sd**2
         se2 = v1 / n1 + v2 / n2
-        if se2 <= 0:
+        if not se2 > 0:
             return out
         out.method, out.t = "welch", delta / math.sqrt(se2)
         out.df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
-    elif n1 > 1 and n2 == 1:
-        se = math.sqrt(v1 * (1 + 1 / n1))
-        if se <= 0:
+    elif (n1 > 1 and n2 == 1) or (n1 == 1 and n2 > 1):
+        ref = baseline if n1 > 1 else other
+        se = ref.sd * math.sqrt(1 + 1 / ref.n)
+        if not se > 0:
             return out
-        out.method, out.t, out.df = "prediction", delta / se, n1 - 1
+        out.method, out.t, out.df = "prediction", delta / se, ref.n - 1
     else:
         return out
     out.p = _t_sf2(out.t, out.df)
     return out
+
+
+def versus_baseline(gs: Mapping[tuple, Group], alpha: float = 0.05) -> dict[tuple, Comparison]:
+    """Every K > 1 configuration of ``gs`` against the K = 1 configuration, Bonferroni over all of them.
+
+    Empty when ``gs`` has no K = 1 configuration. The number of comparisons is the number of K > 1
+    configurations in ``gs``, whatever their seeds; ``Comparison.direction`` says which differ beyond noise.
+    """
+    base = gs.get((1,))
+    others = [g for g in gs.values() if g.key != (1,) and g.n > 0]
+    if base is None or base.n == 0:
+        return {}
+    return {g.key: compare(base, g, comparisons=len(others), alpha=alpha) for g in others}
 
 
 @dataclass

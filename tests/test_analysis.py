@@ -24,7 +24,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from analysis import ablation, fit, summary
+from analysis import fit, summary
 from analysis.load import StudyLoadError, load_metric_histories, load_study, load_trials, open_storage, trials_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,12 +362,17 @@ def test_fit_exact_forms_and_refusals():
 
 # --------------------------------------------------------------------------------------------- report
 def independent_headline(storage: str, name: str) -> dict[int, dict]:
-    """Baseline vs best B-DENSE per NFE straight from Optuna's API (not through analysis/)."""
+    """Baseline vs best B-DENSE per NFE straight from Optuna's API (not through analysis/ or the contract's
+    code), by the contract's rule: per-seed pooling, the K>1 configuration with the lowest mean over seeds
+    (ties: more seeds, then the earlier trial), Welch's t between the two."""
     import statistics
+
+    from scipy import stats
 
     study = optuna.load_study(study_name=name, storage=storage)
     nfe0 = study.user_attrs["nfe"]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+
     def per_seed(trials):  # one FID per distinct seed: the mean over the trials that ran it
         runs: dict[int, list[float]] = {}
         for t in trials:
@@ -378,15 +383,21 @@ def independent_headline(storage: str, name: str) -> dict[int, dict]:
     out = {}
     for nfe in sorted({t.user_attrs.get("nfe", nfe0) for t in done}):
         at = [t for t in done if t.user_attrs.get("nfe", nfe0) == nfe]
-        base = per_seed([t for t in at if t.params["K"] == 1])
-        bd = [t for t in at if t.params["K"] > 1]
-        best = min(bd, key=lambda t: (t.value, t.number))
-        same = [t for t in bd if t.params == best.params]
-        fids = per_seed(same)
+        base_trials = [t for t in at if t.params["K"] == 1]
+        base = per_seed(base_trials)
+        configs: dict[tuple, list] = {}
+        for t in at:
+            if t.params["K"] > 1:
+                configs.setdefault((t.params["K"], round(t.params["a"], 6), round(t.params["b"], 6)), []).append(t)
+        best_trials = min(configs.values(), key=lambda ts: (statistics.fmean(per_seed(ts)), -len(per_seed(ts)),
+                                                            min(t.number for t in ts)))
+        fids = per_seed(best_trials)
+        welch = stats.ttest_ind(base, fids, equal_var=False)
         out[nfe] = {"base_mean": statistics.fmean(base), "base_sd": statistics.stdev(base), "base_n": len(base),
-                    "base_trials": sum(1 for t in at if t.params["K"] == 1),
+                    "base_trials": len(base_trials),
                     "bd_mean": statistics.fmean(fids), "bd_sd": statistics.stdev(fids), "bd_n": len(fids),
-                    "bd_trials": len(same), "best": best.number}
+                    "bd_trials": len(best_trials), "best": min(best_trials, key=lambda t: (t.value, t.number)).number,
+                    "p": welch.pvalue, "m": len(configs)}
     return out
 
 
@@ -425,6 +436,7 @@ def test_report_cli_on_synthetic_study(synth, tmp_path):
         assert (d["mean"], d["std"]) == (pytest.approx(t["bd_mean"], rel=1e-12), pytest.approx(t["bd_sd"], rel=1e-9))
         assert (d["n_seeds"], d["n_trials"], d["trial_number"]) == (t["bd_n"], t["bd_trials"], t["best"])
         assert row["delta"] == pytest.approx(t["base_mean"] - t["bd_mean"])
+        assert row["comparison"]["p"] == pytest.approx(t["p"]) and row["candidates"] == t["m"]
     assert s["fit"]["K"] == 4 and s["fit"]["equation"].startswith("ln b =")
     assert set(s["figures"]) == set(EXPECTED_FIGURES) | {"ablation_schedule"}
     assert "skipped" in s["figures"]["ablation_schedule"]
@@ -432,7 +444,7 @@ def test_report_cli_on_synthetic_study(synth, tmp_path):
     # the Markdown headline table carries the same numbers (4 significant digits)
     md = (out / "summary.md").read_text()
     rows = {int(m.group(1)): m.groups()[1:] for m in re.finditer(
-        r"^\| (\d+) \| ([\d.]+) ± ([\d.]+) \| (\d+) \((\d+)\) \| ([\d.]+) ± ([\d.]+) \| (\d+) \((\d+)\) \|",
+        r"^\| (\d+) \| screen \| ([\d.]+) ± ([\d.]+) \| (\d+) \((\d+)\) \| ([\d.]+) ± ([\d.]+) \| (\d+) \((\d+)\) \|",
         md, flags=re.M)}
     assert sorted(rows) == [2, 3, 4]
     for nfe, (bm, bsd, bn, bt, dm, dsd, dn, dt) in rows.items():
@@ -519,75 +531,6 @@ def test_optuna_figures_skip_single_parameter_studies():
         figures.plot_branch_losses(pd.DataFrame(columns=["run_id", "trial_number", "key", "step", "value"]))
 
 
-# ------------------------------------------------------------------------------------------ ablations
-def test_ablation_grids():
-    assert [c.label for c in ablation.ablation_grid("k", [1, 2, 4], seeds=2)] == [
-        "K=1", "K=2 (uniform a=0)", "K=4 (uniform a=0)"]
-    k = ablation.ablation_grid("k", [1, 2, 4], best_params={"K": 4, "a": 0.3, "b": 0.5})
-    assert [c.params for c in k] == [{"K": 1, "a": 0.0, "b": 1.0}, {"K": 2, "a": 0.3, "b": 0.5},
-                                     {"K": 4, "a": 0.3, "b": 0.5}]
-    assert all(c.user_attrs["role"] == "ablation:k" and c.user_attrs["seeds"] == [1000, 1001, 1002] for c in k)
-    # the seeds are apart from the search's (0, 1, ...) so a configuration from the search is re-run fresh
-    assert ablation.ablation_grid("k", [1, 2], seeds=2, first_seed=7)[0].user_attrs["seeds"] == [7, 8]
-    sched = ablation.ablation_grid("schedule", [1, 2, 4], best_params={"K": 2, "a": 0.3, "b": 0.5})
-    assert {c.params["K"] for c in sched} == {2} and len(sched) == len(ablation.SCHEDULES) + 1
-    assert {"K": 2, "a": 0.0, "b": 1.0} in [c.params for c in sched]  # uniform is always in
-    nfe = ablation.ablation_grid("nfe", [1, 2, 4], best_params={"K": 4, "a": 0.3, "b": 0.5}, nfe_values=(2, 3))
-    assert [(c.user_attrs["nfe"], c.params["K"]) for c in nfe] == [(2, 1), (2, 4), (3, 1), (3, 4)]
-    free = ablation.ablation_grid("k", [1, 2], best_params={"K": 2, "w1": 1.0, "w2": math.e}, weights_mode="free")
-    assert free[1].params == {"K": 2, "w1": pytest.approx(1.0), "w2": pytest.approx(math.e)}
-    for bad, match in ((dict(name="x"), "unknown ablation"), (dict(k_choices=[0, 2]), ">= 1"),
-                       (dict(seeds=0), "seeds"), (dict(name="nfe", nfe_values=[0]), "NFE")):
-        kwargs = dict(name="k", k_choices=[1, 2], seeds=1) | bad
-        with pytest.raises(ValueError, match=match):
-            ablation.ablation_grid(**kwargs)
-    with pytest.raises(ValueError, match="K > 1"):
-        ablation.ablation_grid("schedule", [1])
-
-
-def test_enqueue_ablation_is_run_by_the_study_workers():
-    """Enqueued configurations are what the next trials of study.optimize get, with their user attributes."""
-    study = optuna.create_study()
-    study.set_user_attr("weights_mode", "exp")
-    study.set_user_attr("nfe", 2)
-    best = {"K": 4, "a": 0.3, "b": 0.5}
-    n = ablation.enqueue_ablation(study, "nfe", [1, 2, 4], best_params=best, seeds=2, nfe_values=(2, 3, 4))
-    assert n == 6
-    assert ablation.enqueue_ablation(study, "nfe", [1, 2, 4], best_params=best, seeds=2, nfe_values=(2, 3, 4)) == 0
-    assert ablation.enqueue_ablation(study, "k", [1, 2, 4], best_params=best) == 3
-    seen = []
-
-    def objective(trial):  # what study/'s objective does with an enqueued trial
-        k = trial.suggest_categorical("K", K_CHOICES)
-        a, b = trial.suggest_float("a", -1, 1), trial.suggest_float("b", 1e-3, 1e3, log=True)
-        nfe = trial.user_attrs.get("nfe", study.user_attrs["nfe"])
-        seeds = trial.user_attrs.get("seeds", [0])
-        seen.append((trial.user_attrs["role"], k, a, b, nfe, tuple(seeds)))
-        fids = [true_fid(k, a, b, nfe) + 0.01 * (s - 1000) for s in seeds]
-        trial.set_user_attr("fid_seeds", fids)
-        return float(np.mean(fids))
-
-    study.optimize(objective, n_trials=9)
-    s = (1000, 1001)
-    assert seen[:6] == [("ablation:nfe", 1, 0.0, 1.0, 2, s), ("ablation:nfe", 4, 0.3, 0.5, 2, s),
-                        ("ablation:nfe", 1, 0.0, 1.0, 3, s), ("ablation:nfe", 4, 0.3, 0.5, 3, s),
-                        ("ablation:nfe", 1, 0.0, 1.0, 4, s), ("ablation:nfe", 4, 0.3, 0.5, 4, s)]
-    assert [s[0] for s in seen[6:]] == ["ablation:k"] * 3
-    # completed configurations are not enqueued again; the study's best K>1 feeds the next grid
-    assert ablation.enqueue_ablation(study, "k", [1, 2, 4], best_params=best) == 0
-    assert ablation.best_bdense_params(study) == {"K": 4, "a": 0.3, "b": 0.5}
-    df = trials_frame(study)
-    assert [r["nfe"] for r in summary.headline(df)] == [2, 3, 4]
-    assert list(summary.ablation_table(df, "nfe")["nfe"]) == [2, 2, 3, 3, 4, 4]
-    free = optuna.create_study()
-    free.set_user_attr("weights_mode", "free")
-    ablation.enqueue_ablation(free, "schedule", [1, 4], seeds=1)
-    params = [t.system_attrs["fixed_params"] for t in free.get_trials(states=(TrialState.WAITING,))]
-    assert len(params) == len(ablation.SCHEDULES) and all(set(p) == {"K", "w1", "w2", "w3", "w4"} for p in params)
-    waiting = trials_frame(free, require_complete=False)  # enqueued params show in the frame
-    assert (waiting["K"] == 4).all() and (waiting["role"] == "ablation:schedule").all()
-
-
 # ------------------------------------------------------------------------------------------ notebooks
 NOTEBOOKS = {"ab_vs_fid": ["ab_vs_fid"],
              "ablations": ["fid_vs_k", "baseline_vs_bdense", "ablation_k", "ablation_nfe", "branch_losses"]}
@@ -655,5 +598,216 @@ def test_report_on_a_real_tiny_study(tmp_path):
     for n in made:
         _assert_image(out / f"{n}.png")
     base = s["headline"][0]["baseline"]
-    k1 = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params["K"] == 1]
+    k1 = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params.get("K", t.user_attrs.get("K")) == 1]
     assert base["mean"] == pytest.approx(np.mean([f for t in k1 for f in t.user_attrs["fid_seeds"]]))
+
+
+# ------------------------------------------------------------------- screen, then confirm at full length
+SCREEN_K1 = [30.1, 29.8, 30.0, 30.3, 29.9, 29.9]  # six K=1 screen trials, one seed each: mean 30.0
+SCREEN_K4 = [(0.9, 28.0), (0.7, 28.2), (0.7, 28.4), (0.5, 28.5), (0.3, 29.4), (0.1, 29.9), (-0.5, 36.0)]
+SCREEN_UNIFORM = 31.0
+FULL = {"K=1": [12.0, 12.2, 12.1], "uniform": [12.9, 13.1, 13.0], 0.9: [11.6, 11.8, 11.7], 0.7: [11.3, 11.5, 11.4],
+        0.5: [11.9, 12.1, 12.0]}
+FULL_SEEDS = [100, 101, 102]
+SETTINGS = {"afs": True, "teacher_substeps": 4, "batch_size": 64, "lr": 1e-4, "teacher_paths": "seed bank",
+            "objective": "fid", "framework": "sfd", "weights_mode": "exp", "nfe": 2}
+
+
+def confirm_study() -> optuna.Study:
+    """A screen-then-confirm study as the new driver writes it (the contract of issue 15): one-seed screen
+    trials, then the screen's top 3 configurations and both baselines re-trained at full length, one seed per
+    trial, three seeds each."""
+    study = optuna.create_study(study_name="confirm")
+    for k, v in {"preset": "tiny", "framework": "sfd", "nfe": 2, "fid_samples": 64, "k_choices": [1, 4],
+                 "weights_mode": "exp"}.items():
+        study.set_user_attr(k, v)
+
+    def add(k, a, fid, seed, role, fidelity, iterations, **extra):
+        u = {**SETTINGS, "role": role, "fidelity": fidelity, "seeds": [seed], "fid_seeds": [fid], "fid": fid,
+             "kid": fid / 1000, "kid_seeds": [fid / 1000], "iterations": iterations, "fitted_a": a, "fitted_b": 1.0,
+             "mlflow_run_id": "", **extra}
+        study.add_trial(create_trial(params=_params(k, a, 1.0), distributions=DISTS, value=fid, user_attrs=u))
+        return study.trials[-1].number
+
+    screen_of = {}
+    for i, f in enumerate(SCREEN_K1):
+        n = add(1, 0.0, f, i, "baseline-k1" if i == 0 else "search", "screen", 80)
+        screen_of.setdefault("K=1", n)
+    screen_of["uniform"] = add(4, 0.0, SCREEN_UNIFORM, 6, "baseline-uniform", "screen", 80)
+    for j, (a, f) in enumerate(SCREEN_K4):
+        n = add(4, a, f, 10 + j, "search", "screen", 80)
+        screen_of.setdefault(a, n)
+    for rank, key in enumerate(["K=1", "uniform", 0.9, 0.7, 0.5]):
+        a = {"K=1": 0.0, "uniform": 0.0}.get(key, key)
+        k = 1 if key == "K=1" else 4
+        role = {"K=1": "baseline-k1", "uniform": "baseline-uniform"}.get(key, "confirm")
+        for seed, f in zip(FULL_SEEDS, FULL[key]):
+            add(k, a, f, seed, role, "full", 1560, screen_trial=screen_of[key], confirm_rank=max(0, rank - 1))
+    return study
+
+
+def _ranks(x):
+    order = np.argsort(x)
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    return r
+
+
+def test_fidelity_table_on_a_screen_then_confirm_study():
+    from analysis.fidelity import fidelity_table
+
+    trials = trials_frame(confirm_study())
+    ft = fidelity_table(trials)
+    rows = {r["config"]: r for r in ft["rows"]}
+    assert list(rows) == ["K=4, a=0.7, b=1", "K=4, a=0.9, b=1", "K=4, a=0.5, b=1", "K=1", "K=4, a=0, b=1"]
+    r = rows["K=4, a=0.7, b=1"]
+    assert r["confirm_rank"] == 2 and r["roles"] == ["confirm"]
+    assert r["screen_trial_fid"] == pytest.approx(28.2)  # the screen trial it re-runs ...
+    assert r["screen"]["mean"] == pytest.approx(28.3) and r["screen"]["n_seeds"] == 2  # ... and both screen runs
+    assert (r["full"]["mean"], r["full"]["std"], r["full"]["n_seeds"]) == (
+        pytest.approx(11.4), pytest.approx(0.1), 3)
+    k1 = rows["K=1"]
+    assert k1["confirm_rank"] == 0 and k1["screen"]["mean"] == pytest.approx(np.mean(SCREEN_K1))
+    assert k1["screen"]["n_seeds"] == 6 and k1["full"]["mean"] == pytest.approx(12.1)
+    # Spearman over the five confirmed configurations, by hand: screen (pooled) vs full-length means
+    screen = [r["screen"]["mean"] for r in ft["rows"]]
+    full = [r["full"]["mean"] for r in ft["rows"]]
+    d = _ranks(screen) - _ranks(full)
+    assert ft["spearman"]["n"] == 5 and ft["spearman"]["rho"] == pytest.approx(1 - 6 * (d**2).sum() / (5 * 24))
+    assert ft["spearman"]["rho"] == pytest.approx(0.9)
+    assert ft["screen_winner"] == "K=4, a=0.9, b=1" and ft["full_winner"] == "K=4, a=0.7, b=1"
+    assert ft["same_winner"] is False and ft["screen_winner_confirmed"]
+    full_h, screen_h = ft["headlines"]["full"], ft["headlines"]["screen"]
+    assert full_h["comparison"]["delta"] == pytest.approx(0.7) and full_h["candidates"] == 4
+    assert full_h["comparison"]["p"] == pytest.approx(
+        __import__("scipy").stats.ttest_ind(FULL["K=1"], FULL[0.7], equal_var=False).pvalue)
+    assert full_h["verdict"].startswith("B-DENSE helps")
+    assert screen_h["best"]["config"] == "K=4, a=0.9, b=1" and screen_h["comparison"]["method"] == "prediction"
+    assert ft["settings"]["screen"].startswith("80 iterations") and ft["settings"]["full"].startswith("1560 iterations")
+    assert "seeds 100, 101, 102 (1 per trial)" in ft["settings"]["full"]
+    assert "AFS on" in ft["settings"]["full"] and "S = 4" in ft["settings"]["full"] and "lr 0.0001" in ft["settings"]["full"]
+    # the headline moves to full length once full-length trials completed
+    assert summary.headline_fidelity(trials) == "full"
+    h = summary.headline(trials)
+    assert [(r["nfe"], r["fidelity"]) for r in h] == [(2, "full")]
+    assert h[0]["bdense"]["config"] == "K=4, a=0.7, b=1" and h[0]["candidates"] == 4
+    # the screen's Figure 4 and a-b fit never mix in full-length FIDs
+    assert set(fit.ab_candidates(trials)["value"]) <= {f for _, f in SCREEN_K4} | {SCREEN_UNIFORM}
+
+
+def test_noise_marks_and_replicate_band_on_the_screen():
+    trials = trials_frame(confirm_study())
+    band = summary.replicate_band(trials)
+    assert band["n_runs"] == 6 and band["n_seeds"] == 6
+    assert band["mean"] == pytest.approx(np.mean(SCREEN_K1)) and band["sd"] == pytest.approx(np.std(SCREEN_K1, ddof=1))
+    assert (band["min"], band["max"]) == (29.8, 30.3)
+    ranked = summary.configurations(trials)
+    assert list(ranked["rank"]) == list(range(1, 8)) and (ranked["comparisons"] == 7).all()
+    by_a = {round(r.a, 3): r for r in ranked.itertuples()}
+    assert by_a[0.7].n_seeds == 2 and by_a[0.7].mean == pytest.approx(28.3)
+    # against K=1 (6 seeds, s.d. 0.179): prediction interval for single seeds, Bonferroni over 7
+    assert {a: by_a[a].direction for a in by_a} == {0.9: "lower", 0.7: "lower", 0.5: "lower", 0.3: "",
+                                                    0.1: "", 0.0: "higher", -0.5: "higher"}
+    s = np.std(SCREEN_K1, ddof=1)
+    t = (np.mean(SCREEN_K1) - 29.4) / (s * math.sqrt(1 + 1 / 6))
+    from scipy import stats
+
+    assert by_a[0.3].p == pytest.approx(2 * stats.t.sf(t, 5)) and 0.05 / 7 < by_a[0.3].p < 0.05
+
+
+def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
+    from analysis.report import make_report
+
+    study = confirm_study()
+    rep = make_report("confirm", study._storage, tmp_path / "r", log_to_mlflow=False)
+    made = {f.name for f in rep.figures if f.made}
+    assert {"ab_vs_fid", "fid_vs_k", "baseline_vs_bdense", "fidelity"} <= made
+    for name in ("ab_vs_fid", "fidelity"):
+        _assert_image(tmp_path / "r" / f"{name}.png")
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert re.search(r"^\| 2 \| full \| 12\.1 ± 0\.1 \| 3 \(3\) \| 11\.4 ± 0\.1 \| 3 \(3\) \| K=4, a=0\.7, b=1 \|", md, re.M)
+    assert "## Screen vs full length (NFE=2)" in md and "**ρ = 0.900** over n = 5 configurations" in md
+    assert "full-length winner: K=4, a=0.7, b=1: **not the same**" in md
+    assert re.search(r"^\| full \| 12\.1 ± 0\.1 \| 3 \(3\) \| 11\.4 ± 0\.1 \| 3 \(3\) \| K=4, a=0\.7, b=1 \|", md, re.M)
+    assert re.search(r"^\| screen \| 30 ± 0\.179 \| 6 \(6\) \| 28 \| 1 \(1\) \| K=4, a=0\.9, b=1 \|", md, re.M)
+    assert "Bonferroni over m = 7 comparisons: 3 lower and 2 higher than K=1 beyond noise" in md
+    assert md.count("▼ lower") == 3 and md.count("▲ higher") == 2
+    assert "Training, full length: 1560 iterations; seeds 100, 101, 102 (1 per trial); AFS on; S = 4; batch 64; " \
+           "lr 0.0001; teacher paths: seed bank." in md
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["headline_fidelity"] == "full" and s["noise"]["screen"]["n_runs"] == 6
+    assert s["noise"]["full"]["n_runs"] == 3 and s["fidelity"]["same_winner"] is False
+
+
+# --------------------------------------------------------------------------------------- the b question
+def b_study(fids_by_b: dict[float, list[float]]) -> pd.DataFrame:
+    study = optuna.create_study()
+    study.set_user_attr("nfe", 2)
+    for i, f in enumerate([30.0, 30.2, 29.9]):
+        study.add_trial(create_trial(params=_params(1, 0.0, 1.0), distributions=DISTS, value=f,
+                                     user_attrs={"fid_seeds": [f], "seeds": [i], "role": "search",
+                                                 "iterations": 80}))
+    for b, fids in fids_by_b.items():
+        study.add_trial(create_trial(params=_params(4, 0.9, b), distributions=DISTS, value=float(np.mean(fids)),
+                                     user_attrs={"fid_seeds": fids, "seeds": [1000, 1001, 1002][:len(fids)],
+                                                 "role": "ablation:b", "ablation": "b", "iterations": 80}))
+    return trials_frame(study)
+
+
+def _anova(groups):
+    allv = np.concatenate(groups)
+    ssb = sum(len(g) * (np.mean(g) - allv.mean()) ** 2 for g in groups)
+    ssw = sum(((np.asarray(g) - np.mean(g)) ** 2).sum() for g in groups)
+    dfb, dfw = len(groups) - 1, len(allv) - len(groups)
+    return (ssb / dfb) / (ssw / dfw), dfb, dfw
+
+
+def test_b_question_flat_and_dependent():
+    from analysis.bgrid import b_question
+    from analysis.report import build_summary, render_markdown
+
+    flat = {0.1: [28.1, 28.4, 27.9], 1.0: [28.0, 28.3, 28.2], 10.0: [28.2, 27.9, 28.3]}
+    trials = b_study(flat)
+    bq = b_question(trials)
+    assert [r["b"] for r in bq["rows"]] == [0.1, 1.0, 10.0] and bq["fixed"] and (bq["K"], bq["a"]) == (4, 0.9)
+    assert [r["mean"] for r in bq["rows"]] == pytest.approx([np.mean(v) for v in flat.values()])
+    F, dfb, dfw = _anova(list(flat.values()))
+    assert bq["anova"]["F"] == pytest.approx(F) and (bq["anova"]["df_between"], bq["anova"]["df_within"]) == (dfb, dfw)
+    assert bq["depends"] is False and len(bq["pairs"]) == 3 and {p["comparisons"] for p in bq["pairs"]} == {3}
+    assert bq["verdict"].startswith("FID does not depend on b beyond noise at K = 4, a = 0.9")
+    assert "not a parameter of the schedule" in bq["meaning"]
+    md = render_markdown(build_summary("b", "mem", trials, None, "n/a", 15), [])
+    assert "## The b question" in md and "| 0.1 | 4 | 0.9 | 28.13 ± 0.252 | 3 (1) |" in md
+    assert f"F(2, 6) = {F:.3g}" in md
+
+    steep = b_question(b_study({0.1: [31.0, 31.2, 30.9], 1.0: [28.0, 28.3, 28.2], 10.0: [26.2, 25.9, 26.1]}))
+    assert steep["depends"] is True and steep["verdict"].startswith("FID depends on b")
+    assert sum(p["beyond_noise"] for p in steep["pairs"]) == 3
+    single = b_question(b_study({0.1: [28.0], 1.0: [28.1]}))
+    assert single["anova"] is None and single["depends"] is None and single["verdict"].startswith("cannot tell")
+    assert b_question(trials[trials["role"] != "ablation:b"]) is None
+
+
+# ------------------------------------------------------------------------------ settings and PD rounds
+def test_settings_say_when_they_differ_and_pd_rounds():
+    study = optuna.create_study()
+    study.set_user_attr("nfe", 2)
+    for i, (it, dist, rounds) in enumerate([(150, "state", [30.0, 20.0, 10.0]), (150, "state", [31.0, 21.0, 11.0]),
+                                            (300, "x", [29.0, 19.0])]):
+        study.add_trial(create_trial(params=_params(2, 0.0, 1.0), distributions=DISTS, value=rounds[-1],
+                                     user_attrs={"fid_seeds": [rounds[-1]], "seeds": [i], "role": "search",
+                                                 "framework": "pd", "iterations": it, "distance": dist,
+                                                 "batch_size": 128, "lr": 2e-4, "fid_rounds": rounds}))
+    trials = trials_frame(study)
+    st = summary.settings(trials)
+    assert st["iterations"] == [(150, 2), (300, 1)] and st["distance"] == [("state", 2), ("x", 1)]
+    assert st["text"] == ("iterations DIFFERS: 150 (2 trials), 300 (1 trial); seeds 0, 1, 2 (1 per trial); "
+                          "PD distance DIFFERS: state (2 trials), x (1 trial); batch 128; lr 0.0002")
+    rt = summary.round_table(trials)
+    assert list(rt["round"]) == [1, 2, 3] and list(rt["n"]) == [3, 3, 2]
+    assert list(rt["mean"]) == pytest.approx([30.0, 20.0, 10.5]) and rt["std"].iloc[2] == pytest.approx(math.sqrt(0.5))
+    from analysis.report import build_summary, render_markdown
+
+    md = render_markdown(build_summary("pd", "mem", trials, None, "n/a", 15), [])
+    assert "## Progressive distillation: FID after every round" in md
+    assert "| K=2, a=0, b=1 | 2 | screen | 3 | 10.5 ± 0.707 | 2 |" in md and f"Training: {st['text']}." in md

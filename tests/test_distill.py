@@ -11,7 +11,7 @@ from bdense_core.distill import (
     DivergenceError, PDConfig, SFDConfig, build_trajectory_bank, cached_trajectory_bank, distill, endpoint_error,
     make_student, needed_points,
 )
-from bdense_core.distill.progressive import pd_endpoint_error
+from bdense_core.distill.progressive import branch_losses, pd_endpoint_error
 from bdense_core.distill.sfd import teacher_trajectories
 from bdense_core.presets import get_preset
 from bdense_core.schedule import BranchWeights
@@ -130,6 +130,58 @@ def test_progressive_distillation_lowers_error_against_teacher(teacher):
             assert result.history[0]["loss_branch_1"] < 1e-8 < result.history[0]["loss_branch_2"]
 
 
+def test_pd_state_distance_at_initialisation(teacher):
+    """The student starts as the teacher: branch 1's jump to the midpoint is the teacher's first step (zero
+    loss), and branch 2's error is only the teacher's second step's change of slope, (s - mid)(d_mid - d_t)."""
+    cfg = replace(TINY.config("pd"), branches=2, distance="state")
+    student = make_student(teacher.denoiser, 2).eval()
+    fine = cfg.grid(cfg.teacher_steps)  # round 1: the student's N steps inside the teacher's 2N
+    i = torch.arange(cfg.teacher_steps // 2)
+    t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((len(i), *teacher.image_shape), generator=g) * 2 - 1
+    z = x0 + t * torch.randn(x0.shape, generator=g)
+    d = teacher.denoiser
+    with torch.no_grad():
+        per = branch_losses(student, d, z, t, mid, s, cfg)
+        d_t = (z - d(z, t.flatten())) / t
+        z_mid = z + (mid - t) * d_t
+        d_mid = (z_mid - d(z_mid, mid.flatten())) / mid
+        expected = ((1 + 1 / t.flatten()) * ((s - mid) * (d_mid - d_t)).pow(2).flatten(1).mean(1)).mean()
+    assert per.shape == (2,)
+    assert float(per[0]) < 1e-10 and float(per[1]) > 1e-4
+    assert float(per[1]) == pytest.approx(float(expected), rel=1e-4)
+    with torch.no_grad():  # gamma = 0: unweighted squared error of the same states
+        flat = branch_losses(student, d, z, t, mid, s, replace(cfg, gamma=0.0))
+    assert float(flat[1]) == pytest.approx(float(((s - mid) * (d_mid - d_t)).pow(2).mean()), rel=1e-4)
+
+
+def test_pd_state_distance_trains_and_reports_every_round(teacher):
+    """PD with the authors' state distance lowers the student's error against the teacher; ``on_round`` is
+    called once per round with that round's student, which samples at the round's step count."""
+    from bdense_core.distill import get_framework
+
+    data = load_images(TINY.teacher.data)
+    cfg = replace(TINY.config("pd"), branches=2, iterations=30, distance="state")
+    shape = teacher.image_shape
+    before = pd_endpoint_error(make_student(teacher.denoiser, 2).eval(), teacher.denoiser, cfg, cfg.nfe,
+                               cfg.teacher_steps, shape)
+    seen, errors = [], []
+
+    def on_round(index, steps, res):
+        seen.append((index, steps, res.nfe, len(res.history)))
+        imgs = res.sample(4, seed=0)
+        assert imgs.shape == (4, *shape) and torch.equal(imgs, res.sample(4, seed=0))
+        errors.append(pd_endpoint_error(res.student, teacher.denoiser, cfg, steps, cfg.teacher_steps, shape))
+
+    result = get_framework("pd").train(teacher, cfg, data=data, on_round=on_round)
+    assert seen == [(1, 4, 4, 30), (2, 2, 2, 60)]
+    after = pd_endpoint_error(result.student, teacher.denoiser, cfg, cfg.nfe, cfg.teacher_steps, shape)
+    assert after < 0.9 * before, (before, after)
+    assert errors[-1] == pytest.approx(after, rel=1e-5)  # the last round's student is the one returned
+    assert result.history[0]["loss_branch_1"] < 1e-10 < result.history[0]["loss_branch_2"]
+
+
 def test_divergence_is_reported(teacher):
     cfg = replace(TINY.config("sfd"), branches=2, iterations=2, weights=BranchWeights(a=0.0, b=1e39))
     with pytest.raises(DivergenceError, match="became (nan|inf) at step 1"):
@@ -146,6 +198,7 @@ def test_divergence_is_reported(teacher):
         (lambda: SFDConfig(teacher_solver="rk45"), "unknown solver"),
         (lambda: PDConfig(branches=3), "K = 1 or 2"),
         (lambda: PDConfig(teacher_steps=12, rounds=3), "cannot be halved"),
+        (lambda: PDConfig(distance="eps"), "unknown PD distance"),
         (lambda: TeacherConfig(sampler="ddpm"), "unknown solver"),
     ],
 )

@@ -2,11 +2,46 @@
 
 DDIM is Euler on the PF-ODE in sigma, so one round reads: take a data image x, a student step i of N on the
 polynomial grid, ``z = x + sigma_t eps``; the teacher makes two Euler steps ``t -> mid -> s`` on the grid of
-2N steps (which contains the N-step grid); the student's target is the x-prediction that one Euler step from
-``z`` would need to land on the teacher's result, ``x_tilde = (z_s - (s/t) z) / (1 - s/t)``. Loss: truncated
-SNR weighting ``max(1/sigma^2, 1) * ||x_hat - x_tilde||^2``. With K = 2 branch 1 is supervised the same way
-by the teacher's intermediate state at ``mid`` and branch 2 by the endpoint; the branch losses are summed
-with weights ``w_k``. After each round the student becomes the teacher and the step count halves.
+2N steps (which contains the N-step grid). With K = 2 branch 1 is supervised at ``mid`` (the teacher's state
+after one step) and branch 2 at ``s`` (after two); with K = 1 the only branch at ``s``. The branch losses are
+summed with weights ``w_k``. After each round the student becomes the teacher and the step count halves.
+
+Two distances (``PDConfig.distance``):
+
+- ``"x"`` (the default, Salimans & Ho's loss): branch k is compared in x-space with the x-prediction that one
+  Euler step from ``z`` would need to land on the teacher's state at ``tau_k``,
+  ``x_tilde = (z_tau - (tau/t) z) / (1 - tau/t)``, weighted by truncated SNR ``max(1/t^2, 1)``. For branch 1
+  that target is the teacher's own denoised output, so branch 1 mostly learns to stay where the teacher is.
+- ``"state"`` (the B-DENSE authors' own PD code): branch k makes one student Euler (DDIM) jump from ``z`` to
+  ``tau_k`` with its own denoised output, ``z_hat_k = z + (tau_k - t)(z - D_k(z; t))/t``, and is compared with
+  the teacher's *state* there: squared error (mean over pixels and batch) weighted by ``(1 + alpha/sigma)^gamma``
+  at the start point t, ``gamma = PDConfig.gamma`` (1).
+
+How the reference's weighting reads in EDM's form. The reference (GitHub Arnav-codes-W/BranchDistillation,
+``new_model/BranchDistillation/branchdistillation.py``; read, not copied) works in the variance-preserving
+DDPM form of diffusers (epsilon prediction, ``z = alpha x + sigma eps``, alpha^2 + sigma^2 = 1), takes one
+student DDIM step per branch from z_t, and adds ``mean(w (z_hat_1 - z_teacher_1)^2)`` and
+``mean(w (z_hat_2 - z_teacher_2)^2)`` with ``w = (1 + alpha_t/sigma_t)^gamma``, gamma = 1: equal branch
+weights. EDM's variance-exploding state is ``z_ve = z_vp / alpha`` with ``sigma_ve = sigma_vp / alpha_vp``, so
+``alpha_vp/sigma_vp = 1/sigma_ve``: alpha = 1 in the VE form and the weight is ``(1 + 1/t)^gamma`` with t
+the EDM noise level the student starts from. The reference's squared error of VP states at a landing point
+tau is ``alpha_tau^2 = 1/(1 + tau^2)`` times the squared error of VE states; that factor is not applied here:
+the project keeps one parameterisation (EDM's) for every loss, and the factor (down to 1/6400 at sigma = 80)
+is a side effect of the reference's parameterisation rather than a weighting it chooses, while the weighting
+it does choose, ``(1 + alpha/sigma)^gamma``, is kept. Other departures from the reference, each deliberate:
+its branch 1 steps to the student's *next* time yet is compared with the teacher's state after *one* step;
+here branch k jumps to its own point tau_k (B-DENSE's definition, DESIGN.md), which makes branch 1's loss zero
+at initialisation (the student starts as the teacher, and its jump to ``mid`` is the teacher's first step) and
+branch 2's error at initialisation only the teacher's second step's change of slope. Its student scheduler is a
+separate DDPM schedule over the student's step count, which gives z_t a different noise level than the
+teacher's (alpha_bar 0.84 vs 0.72 at step 32 of 64 with diffusers' linear betas); here one grid serves both
+(the N-step grid inside the 2N-step grid, as in Salimans & Ho). No x0 clipping and no EMA, as everywhere in
+the project.
+
+FID after every round: ``distill_pd(..., on_round=f)`` calls ``f(round_index, student_steps, result)`` after
+each round (``round_index`` 1 for the first halving, as the ``round`` of the loss records), where ``result``
+is a :class:`DistillResult` of that round's student (frozen: it is also the next round's teacher) whose
+``sample()`` runs ``student_steps`` Euler steps, so a driver can score and log FID per round.
 """
 
 from __future__ import annotations
@@ -14,7 +49,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
@@ -25,6 +61,12 @@ from ..schedule import BranchWeights
 from ..teacher import Teacher
 from .common import DistillResult, StepCallback, adam, branch_record, check_finite, make_student
 from .registry import Framework, register
+
+
+DISTANCES = ("x", "state")
+# Called after each round with (round_index (1-based), student steps, that round's DistillResult); raising
+# from it stops the run.
+RoundCallback = Callable[[int, int, DistillResult], None]
 
 
 @dataclass(frozen=True)
@@ -43,8 +85,14 @@ class PDConfig:
     rho: float = 7.0
     seed: int = 0
     amp: bool = False
+    distance: str = "x"  # "x": x-space targets, truncated SNR (Salimans & Ho); "state": DDIM states (the authors')
+    gamma: float = 1.0  # the "state" distance's weight (1 + 1/sigma_t)^gamma
 
     def __post_init__(self):
+        if self.distance not in DISTANCES:
+            raise ValueError(f"unknown PD distance {self.distance!r}; choose one of {', '.join(DISTANCES)}")
+        if not math.isfinite(self.gamma):
+            raise ValueError(f"gamma must be finite, got {self.gamma}")
         if self.branches not in (1, 2):
             raise ValueError(f"progressive distillation supports K = 1 or 2 (two teacher steps per student step), got {self.branches}")
         if self.rounds < 1:
@@ -78,6 +126,37 @@ def _x_target(z_next: torch.Tensor, z: torch.Tensor, t: torch.Tensor, s: torch.T
     return (z_next - ratio * z) / (1 - ratio)
 
 
+def _euler(z: torch.Tensor, denoised: torch.Tensor, t: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
+    """One Euler (DDIM) step of the PF-ODE from (z, t) to ``to`` with the given denoised output."""
+    return z + (to - t) * (z - denoised) / t
+
+
+@torch.no_grad()
+def teacher_states(teacher, z: torch.Tensor, t: torch.Tensor, mid: torch.Tensor, s: torch.Tensor):
+    """The teacher's two Euler steps ``t -> mid -> s`` from z: its states (z_mid, z_s)."""
+    z_mid = _euler(z, teacher(z, t.flatten()), t, mid)
+    return z_mid, _euler(z_mid, teacher(z_mid, mid.flatten()), mid, s)
+
+
+def branch_losses(student, teacher, z: torch.Tensor, t: torch.Tensor, mid: torch.Tensor, s: torch.Tensor,
+                  config: PDConfig) -> torch.Tensor:
+    """Per-branch loss ``[K]`` of one batch (``t``, ``mid``, ``s`` shaped ``[B, 1, 1, 1]``) under
+    ``config.distance`` (see the module docstring); differentiable in the student's parameters."""
+    z_mid, z_s = teacher_states(teacher, z, t, mid, s)
+    points = [s] if config.branches == 1 else [mid, s]
+    states = [z_s] if config.branches == 1 else [z_mid, z_s]
+    with autocast(z.device, config.amp):
+        denoised = student.all_branches(z, t.flatten())  # [B, K, C, H, W]
+    denoised = denoised.float()
+    if config.distance == "x":
+        targets = torch.stack([_x_target(zk, z, t, tau) for zk, tau in zip(states, points)], 1)
+        weight = torch.clamp(1 / t.flatten() ** 2, min=1.0).view(-1, 1)
+        return (weight * (denoised - targets).pow(2).flatten(2).mean(2)).mean(0)
+    jumps = torch.stack([_euler(z, denoised[:, k], t, tau) for k, tau in enumerate(points)], 1)
+    weight = (1 + 1 / t.flatten()).pow(config.gamma).view(-1, 1)
+    return (weight * (jumps - torch.stack(states, 1)).pow(2).flatten(2).mean(2)).mean(0)
+
+
 def pd_sample(student, x: torch.Tensor, config: PDConfig, steps: int) -> torch.Tensor:
     return sample_euler(student, x, config.grid(steps).to(x.device))
 
@@ -88,8 +167,14 @@ def distill_pd(
     data: ImageSet,
     callback: StepCallback | None = None,
     progress: bool = False,
+    on_round: RoundCallback | None = None,
 ) -> DistillResult:
-    """Run ``config.rounds`` halving rounds; returns the last student (``config.nfe`` steps)."""
+    """Run ``config.rounds`` halving rounds; returns the last student (``config.nfe`` steps).
+
+    ``on_round(round_index, student_steps, result)`` (optional) is called once after each round, with
+    ``round_index`` 1, 2, ..., the round's student step count and a :class:`DistillResult` of that round's
+    frozen student (its ``sample()`` uses ``student_steps`` steps; its ``config.nfe`` is ``student_steps``).
+    """
     device = teacher.device
     g = generator(config.seed, device)
     weights = config.weights.weights(config.branches).to(device)
@@ -111,17 +196,7 @@ def distill_pd(
             i = torch.randint(0, n_student, (config.batch_size,), generator=g, device=device)
             t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
             z = x0 + t * torch.randn(x0.shape, generator=g, device=device)
-            with torch.no_grad():
-                z_mid = z + (mid - t) * (z - current_teacher(z, t.flatten())) / t
-                z_s = z_mid + (s - mid) * (z_mid - current_teacher(z_mid, mid.flatten())) / mid
-                targets = [_x_target(z_s, z, t, s)]
-                if config.branches == 2:
-                    targets.insert(0, _x_target(z_mid, z, t, mid))
-                targets = torch.stack(targets, 1)  # [B, K, C, H, W]
-            with autocast(device, config.amp):
-                denoised = student.all_branches(z, t.flatten())
-            snr_weight = torch.clamp(1 / t.flatten() ** 2, min=1.0).view(-1, 1)
-            per_branch = (snr_weight * (denoised - targets).pow(2).flatten(2).mean(2)).mean(0)
+            per_branch = branch_losses(student, current_teacher, z, t, mid, s, config)
             loss = (weights * per_branch).sum()
             check_finite(loss, step + 1)
             opt.zero_grad(set_to_none=True)
@@ -136,8 +211,13 @@ def distill_pd(
             history.append(rec)
             if callback is not None:
                 callback(rec)
-        # the student becomes the teacher of the next round
+        # the student becomes the teacher of the next round (a frozen copy; training goes on in `student`)
         current_teacher = copy.deepcopy(student).eval().requires_grad_(False)
+        if on_round is not None:
+            frozen = current_teacher
+            on_round(rnd + 1, n_student, DistillResult(
+                frozen, replace(config, rounds=rnd + 1), teacher, list(history), time.perf_counter() - start,
+                steps_seen, sampler=lambda x, m=frozen, n=n_student: pd_sample(m, x, config, n)))
     wall = time.perf_counter() - start
     student.eval().requires_grad_(False)
     return DistillResult(
@@ -165,14 +245,14 @@ class PD(Framework):
     max_branches = 2
     prune_metric = "endpoint_loss"
 
-    def train(self, teacher, config, *, data=None, bank=None, callback=None, progress=False) -> DistillResult:
+    def train(self, teacher, config, *, data=None, bank=None, callback=None, progress=False,
+              on_round: RoundCallback | None = None) -> DistillResult:
+        """``on_round`` (optional): called after every halving round, see :func:`distill_pd`."""
         if data is None:
             raise ValueError("progressive distillation trains on data images: pass data=load_images(...)")
-        return distill_pd(teacher, config, data, callback=callback, progress=progress)
+        return distill_pd(teacher, config, data, callback=callback, progress=progress, on_round=on_round)
 
     def for_study(self, config: PDConfig, k_choices: tuple[int, ...], nfe: int | None = None) -> PDConfig:
-        from dataclasses import replace
-
         if max(k_choices) > 2:
             raise ValueError(f"progressive distillation supports K = 1 or 2 only, got K = {max(k_choices)}")
         rounds = config.rounds
@@ -186,14 +266,13 @@ class PD(Framework):
 
     def for_trial(self, config: PDConfig, *, branches: int, weights: BranchWeights, seed: int,
                   nfe: int | None = None) -> PDConfig:
-        from dataclasses import replace
-
         if nfe is not None and nfe != config.nfe:
             raise ValueError(f"a progressive-distillation trial runs at its study's NFE {config.nfe}, not {nfe}")
         return replace(config, branches=branches, weights=weights, seed=seed)
 
     def settings(self, config: PDConfig) -> dict:
-        return dict(teacher_steps=config.teacher_steps, rounds=config.rounds)
+        return dict(teacher_steps=config.teacher_steps, rounds=config.rounds, distance=config.distance,
+                    gamma=config.gamma)
 
 
 register(PD())
