@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intercept b, log-uniform")
     g.add_argument("--w-range", nargs=2, type=float, default=(0.1, 10.0), metavar=("MIN", "MAX"),
                    help="free weights w_k (--weights free), log-uniform")
+    g.add_argument("--distance", choices=("x", "state"), default=None,
+                   help="progressive distillation's branch distance: x = x-space targets (Salimans & Ho), state = "
+                        "DDIM states weighted as in the authors' code; default: the preset's (x)")
     g.add_argument("--fid-samples", type=int, default=None, metavar="N", help="generated images per FID; default: the preset's")
     g.add_argument("--iterations", type=int, default=None, metavar="N",
                    help="distillation iterations of a search trial; default: the preset's for --length")

@@ -62,6 +62,7 @@ class Plan:
     length: str
     run: TrialRun | None = None
     scores: list[dict[str, float]] = field(default_factory=list)
+    rounds: dict[int, list[float]] = field(default_factory=dict)  # progressive distillation: round -> FID per seed
     error: BaseException | None = None
     tb: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -110,6 +111,15 @@ class _StepHook:
             if p.may_prune and p.trial.should_prune():
                 p.error = optuna.TrialPruned(f"pruned at step {step}: {self.key} {mean:.4g} behind the other trials")
                 raise p.error
+
+
+    def on_round(self, round_index: int, student_steps: int, result) -> None:
+        """Progressive distillation: FID (and KID) of the frozen student after each round, in both stores."""
+        seed = self.p.seeds[self.j]
+        scores = evaluate(result, self.ctx.evaluator, self.ctx.config.preset.fid_samples, seed=EVAL_SEED + seed,
+                          batch_size=self.ctx.config.preset.eval_batch)
+        self.p.rounds.setdefault(round_index, []).append(float(scores["fid"]))
+        self.p.run.log_round(seed, round_index, student_steps, float(scores["fid"]), float(scores["kid"]))
 
 
 def _record_start(p: Plan, ctx: Context) -> None:
@@ -198,6 +208,8 @@ def _finish(p: Plan, ctx: Context) -> float:
         "samples_per_s": statistics.fmean(r["samples_per_s"] for r in per),
         "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in per),
     }
+    if p.rounds:  # progressive distillation: FID after round 1, 2, ... (mean over the trial's seeds)
+        final[c.FID_ROUNDS] = [statistics.fmean(p.rounds[r]) for r in sorted(p.rounds)]
     for key, value in final.items():
         trial.set_user_attr(key, value)
     value = final[c.FID] if cfg.objective == "fid" else final[c.KID]

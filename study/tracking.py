@@ -340,6 +340,11 @@ class TrialRun:
         finally:
             self.tracker.set_status(self.run_id, status)
 
+    def log_round(self, seed: int, round_index: int, student_steps: int, fid: float, kid: float) -> None:
+        """Progressive distillation: one seed's FID and KID after a halving round (step = the round)."""
+        self.tracker.log_metrics(self.run_id, {f"fid_round_seed_{seed}": fid, f"kid_round_seed_{seed}": kid,
+                                               f"student_steps_seed_{seed}": student_steps}, step=round_index)
+
     def log_seed(self, seed: int, row: dict, images) -> None:
         """One trained seed: its FID and KID, and a grid of its samples."""
         self.tracker.log_metrics(self.run_id, {f"fid_seed_{seed}": row["fid"], f"kid_seed_{seed}": row["kid"]})

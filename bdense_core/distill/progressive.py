@@ -247,7 +247,9 @@ class PD(Framework):
 
     def train(self, teacher, config, *, data=None, bank=None, callback=None, progress=False,
               on_round: RoundCallback | None = None) -> DistillResult:
-        """``on_round`` (optional): called after every halving round, see :func:`distill_pd`."""
+        """``on_round`` (optional): called after every halving round, see :func:`distill_pd`; without it, a
+        ``callback`` object's own ``on_round`` method is used (one object can follow steps and rounds)."""
+        on_round = on_round if on_round is not None else getattr(callback, "on_round", None)
         if data is None:
             raise ValueError("progressive distillation trains on data images: pass data=load_images(...)")
         return distill_pd(teacher, config, data, callback=callback, progress=progress, on_round=on_round)
