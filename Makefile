@@ -1,13 +1,16 @@
 # bdense-study: one command to set up and run, one to set up and test.
 #   make run    set up (venv, packages, Fashion-MNIST) and run the main job on the default preset
 #   make test   set up and run the test suite (what CI runs)
+#   make dashboard [STORAGE=...]  optuna-dashboard on a study's storage (default: the default study's journal)
+#   make notebooks                rewrite the notebooks' cells and execute them against the published study
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 ARGS   ?=
+STORAGE ?= runs/optuna-journal.log
 
-.PHONY: setup data run demo test test-all bench clean
+.PHONY: setup data run demo test test-all bench dashboard notebooks clean
 
 setup: $(VENV)/.installed data
 
@@ -16,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev,offline-fid]"
+	$(PY) -m pip install -q -e ".[dev,offline-fid,dashboard]"
 	touch $@
 
 # Fashion-MNIST ships offline as Debian's dataset-fashion-mnist (the original idx files).
@@ -44,6 +47,14 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/bench_core.py $(ARGS)
+
+# optuna-dashboard takes a journal file as its bare path: journal:PATH and PATH both work here.
+dashboard: setup
+	$(VENV)/bin/optuna-dashboard $(patsubst journal:%,%,$(STORAGE)) $(ARGS)
+
+notebooks: setup
+	$(PY) notebooks/make_notebooks.py
+	$(PY) notebooks/run_notebooks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

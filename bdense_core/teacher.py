@@ -2,7 +2,10 @@
 
 ``train_teacher(config)`` trains (or resumes) a teacher and caches it under a key derived from the config, so
 a second call with the same config loads it instantly. A teacher can also be saved to and loaded from a
-single file (fp16 weights are fine), which is how a teacher trained on a GPU is shipped with the project.
+single file (fp16 weights are fine), which is how the presets' teachers are shipped with the project
+(``results/teachers/``). ``get_teacher`` never starts a long training behind the user's back: a shipped file that
+is missing, unreadable or of another config is a :class:`TeacherFileError` naming the fix, unless the caller asks
+to train; only a corrupt file in the cache is silently worthless, so it is retrained with one line saying so.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +64,7 @@ class TeacherConfig:
 
 
 class TeacherFileError(ValueError):
-    """A shipped or cached teacher file is missing or unreadable; the message names the fix."""
+    """A teacher file that cannot serve: missing (where it is required), unreadable, or of another config."""
 
 
 class TrainingPaused(Exception):
@@ -195,9 +199,18 @@ def train_teacher(
     final = teacher_cache_file(config, root)
     folder = final.parent
     if final.exists():
-        teacher = load_teacher(final, device)
-        teacher.from_cache = True
-        return teacher
+        try:
+            teacher = load_teacher(final, device)
+        except TeacherFileError as e:
+            print(f"cached teacher {final} is unusable ({e}); training it again", file=sys.stderr, flush=True)
+            final.unlink()
+        else:
+            if teacher.key == config.key:
+                teacher.from_cache = True
+                return teacher
+            print(f"cached teacher {final} holds teacher {teacher.key}, not {config.key}; training it again",
+                  file=sys.stderr, flush=True)
+            final.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
     data = data if data is not None else load_images(config.data)
@@ -211,12 +224,21 @@ def train_teacher(
     step, history, elapsed = 0, [], 0.0
     partial = folder / "checkpoint.pt"
     if partial.exists():
-        state = torch.load(partial, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        g.set_state(state["rng"].cpu())
-        step, history, elapsed = state["step"], state["history"], state["elapsed"]
+        try:
+            state = torch.load(partial, map_location=device, weights_only=False)
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            g.set_state(state["rng"].cpu())
+            step, history, elapsed = state["step"], state["history"], state["elapsed"]
+        except Exception as e:  # noqa: BLE001 - a broken checkpoint only costs the steps it held
+            print(f"teacher checkpoint {partial} is unreadable ({type(e).__name__}); starting from step 0",
+                  file=sys.stderr, flush=True)
+            partial.unlink()
+            net = build_denoiser(config.unet, config.seed).to(device)
+            ema = copy.deepcopy(net).eval().requires_grad_(False)
+            opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+            g = generator(config.seed, device)
 
     bar = _progress(config.steps, step, "teacher", progress)
     call_start = time.perf_counter()
@@ -275,15 +297,47 @@ def get_teacher(
     device: str | torch.device | None = None,
     root: str | Path | None = None,
     progress: bool = False,
+    train: bool = False,
 ) -> Teacher:
-    """The teacher of ``config``: the shipped ``teacher_file`` when it holds exactly this config, else trained
-    (or loaded from the cache) by :func:`train_teacher`."""
-    if teacher_file is not None and Path(teacher_file).is_file():
+    """The teacher of ``config``.
+
+    Without ``teacher_file``: trained once, then loaded from the cache (:func:`train_teacher`). With one (a
+    preset's shipped teacher): that file, which must hold exactly this config. If it is missing, unreadable or
+    holds another config, a complete teacher of this config already in the cache is used; otherwise this raises
+    :class:`TeacherFileError` with one line naming the fix, and trains (saying so) only when ``train`` is true.
+    """
+    if teacher_file is None:
+        return train_teacher(config, device, root=root, progress=progress)
+    restore = f"restore the shipped file with `{_restore_command(teacher_file)}`"
+    try:
         teacher = load_teacher(teacher_file, device)
         if teacher.key == config.key:
             teacher.from_cache = True
             return teacher
-    return train_teacher(config, device, root=root, progress=progress)
+        problem = (f"{teacher_file} holds teacher {teacher.key}, but the preset's teacher config is {config.key} "
+                   f"(its settings changed after the file was shipped)")
+        restore = "ship a teacher of the new config"
+    except FileNotFoundError:
+        problem = f"shipped teacher {teacher_file} is missing"
+    except TeacherFileError as e:
+        problem = f"shipped teacher: {e}"
+    if teacher_cache_file(config, root).exists() or train:
+        if train:
+            print(f"{problem}; training the teacher of this config instead (cached under "
+                  f"{cache_dir('teachers', root)})", file=sys.stderr, flush=True)
+        return train_teacher(config, device, root=root, progress=progress)
+    raise TeacherFileError(f"{problem}; {restore}, or train this teacher yourself (--train-teacher, "
+                           f"{config.steps} steps)")
+
+
+def _restore_command(path: str | Path) -> str:
+    """``git -C ROOT checkout -- RELPATH`` for a file inside this project, else a plain hint."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rel = Path(path).resolve().relative_to(root)
+    except ValueError:
+        return f"copy the teacher file back to {path}"
+    return f"git -C {root} checkout -- {rel}"
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -317,16 +371,29 @@ def teacher_config_from_dict(d: dict) -> TeacherConfig:
 
 
 def load_teacher(path: str | Path, device: str | torch.device | None = None) -> Teacher:
-    """Load a teacher file written by :func:`save_teacher` (fp16 or fp32), in fp32 and eval mode."""
+    """Load a teacher file written by :func:`save_teacher` (fp16 or fp32), in fp32 and eval mode.
+
+    A missing file is a ``FileNotFoundError``; a file that is not a complete, finite teacher of the format (cut
+    short, overwritten, another kind of checkpoint) is a :class:`TeacherFileError`.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"teacher checkpoint {path} not found; train one with train_teacher()")
     device = best_device(str(device) if device else None)
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("format") != "bdense-teacher/1":
-        raise ValueError(f"{path} is not a bdense-study teacher file")
-    config = teacher_config_from_dict(payload["config"])
-    net = build_denoiser(config.unet)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["weights"].items()})
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise TeacherFileError(f"{path} is not a readable teacher file ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "bdense-teacher/1":
+        raise TeacherFileError(f"{path} is not a bdense-study teacher file")
+    try:
+        config = teacher_config_from_dict(payload["config"])
+        net = build_denoiser(config.unet)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["weights"].items()})
+        key = str(payload["key"])
+    except Exception as e:  # noqa: BLE001 - missing entries, wrong shapes, unknown config fields
+        raise TeacherFileError(f"{path} is an incomplete teacher file ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        raise TeacherFileError(f"{path} holds non-finite weights")
     net = net.to(device).eval().requires_grad_(False)
-    return Teacher(net, config, payload["key"], payload.get("loss_history", []), payload.get("wall_time_s", 0.0))
+    return Teacher(net, config, key, payload.get("loss_history", []), payload.get("wall_time_s", 0.0))

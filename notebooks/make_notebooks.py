@@ -1,11 +1,15 @@
-"""Write notebooks/ab_vs_fid.ipynb and notebooks/ablations.ipynb (without outputs) from the cells below.
+"""Write notebooks/ab_vs_fid.ipynb and notebooks/ablations.ipynb from the cells below (without outputs).
 
-    python notebooks/make_notebooks.py          # rewrite both notebooks
-    python notebooks/make_notebooks.py --check  # exit 1 if the committed notebooks differ from these cells
+    python notebooks/make_notebooks.py          # rewrite both notebooks (their outputs are dropped)
+    python notebooks/make_notebooks.py --check  # exit 1 if the committed notebooks' cells differ from these
+    python notebooks/run_notebooks.py           # then execute them in place against the published study
+    make notebooks                              # both steps
 
-The notebooks are thin: all computation lives in analysis/. Their first cell holds the parameters (tagged
-``parameters`` for papermill); each can be overridden by an environment variable, which is how the tests run
-them headless with nbclient against a synthetic study:
+The notebooks are committed executed (outputs kept, inline PNGs at a modest dpi) so that they show their plots
+where the repository is browsed; ``--check`` compares the cells' sources and tags only. The notebooks are thin:
+all computation lives in analysis/. Their first cell holds the parameters (tagged ``parameters`` for papermill);
+each can be overridden by an environment variable, which is how the tests run them headless with nbclient
+against a synthetic study and how run_notebooks.py points them at a published one:
 
     BDENSE_STUDY, BDENSE_STORAGE, BDENSE_TRACKING_URI, BDENSE_FIG_DIR
 """
@@ -33,6 +37,7 @@ FIG_DIR = os.environ.get("BDENSE_FIG_DIR", "runs/figures")  # where the figures 
 SETUP = '''\
 # Setup: find the project root (so analysis/ imports and relative paths work from notebooks/ too).
 %matplotlib inline
+%config InlineBackend.print_figure_kwargs = {"bbox_inches": "tight", "dpi": 72}  # small inline PNGs
 import sys
 from pathlib import Path
 
@@ -186,21 +191,25 @@ def build() -> dict[str, nbformat.NotebookNode]:
     return out
 
 
+def cell_sources(nb) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """What ``--check`` compares: each cell's type, id, source and tags (not outputs or execution counts)."""
+    return [(c.cell_type, c.get("id", ""), c.source, tuple(c.metadata.get("tags", []))) for c in nb.cells]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     check = "--check" in argv
     stale = []
     for name, nb in build().items():
-        text = nbformat.writes(nb) + "\n"
         path = HERE / name
         if check:
-            if not path.exists() or path.read_text() != text:
+            if not path.exists() or cell_sources(nbformat.read(path, as_version=4)) != cell_sources(nb):
                 stale.append(name)
         else:
-            path.write_text(text)
+            path.write_text(nbformat.writes(nb) + "\n")
             print("wrote", path)
     if stale:
-        print("out of date (run python notebooks/make_notebooks.py):", ", ".join(stale))
+        print("out of date (run make notebooks, or python notebooks/make_notebooks.py):", ", ".join(stale))
         return 1
     return 0
 

@@ -1,13 +1,17 @@
-"""Serve a study's MLflow store with ``mlflow ui`` and photograph its runs page with headless Chromium.
+"""Serve a study's MLflow store with ``mlflow ui`` and photograph its trials table with headless Chromium.
 
     python scripts/mlflow_screenshot.py                      # the default store under ./runs (or $BDENSE_RUNS_DIR)
     python scripts/mlflow_screenshot.py --runs-dir /tmp/r1 --experiment-name bdense-tiny-sfd-nfe2-exp-k1-2-4
 
 Starts ``mlflow ui --backend-store-uri sqlite:///<runs>/mlflow.db --default-artifact-root <runs>/mlartifacts``
-on 127.0.0.1 with a free port, waits until it answers, runs ``chromium --headless --screenshot`` on the
-experiment's runs page (the most recent experiment unless one is named) and on the page that compares its
-trial runs (``-compare.png``: parameters and FID side by side), and stops the server. Chromium is
-Debian's ``chromium`` package (``apt-get install -y chromium``). Prints the PNG's path; exit status 0 on success.
+on 127.0.0.1 with a free port, waits until it answers, and photographs the experiment's runs page (the most
+recent experiment unless one is named) in MLflow's model-training view: the page that
+``study.tracking.runs_page_url`` links to, i.e. the experiment's saved trials view (trial runs, best FID first,
+FID, KID, K, a, b, NFE and iterations as columns; ``study.tracking`` creates it with the experiment;
+``--add-view`` adds it to an experiment made before). An experiment without that view is shown with the same
+filter and order but MLflow's default columns. A second shot (``-compare.png``) is the page that compares the
+trial runs (parameters and FID side by side). Chromium is Debian's ``chromium`` package
+(``apt-get install -y chromium``). Prints the PNGs' paths; exit status 0 on success, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -15,37 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_serving(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"mlflow ui did not answer at {url} within {timeout:.0f} s")
+from browser import free_port, screenshot, serve  # noqa: E402
+from study.tracking import TRIAL_FILTER, VIEW_TAG, Tracker, runs_page_url  # noqa: E402
 
 
 def trial_run_ids(store_uri: str, experiment_id: str, limit: int = 12) -> list[str]:
@@ -63,7 +45,8 @@ def pick_experiment(store_uri: str, name: str | None) -> str | None:
     if name:
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise SystemExit(f"error: no experiment named {name!r} in {store_uri}")
+            print(f"error: no experiment named {name!r} in {store_uri}", file=sys.stderr)
+            raise SystemExit(2)
         return exp.experiment_id
     exps = [e for e in client.search_experiments() if e.name != "Default"]
     if not exps:
@@ -71,25 +54,18 @@ def pick_experiment(store_uri: str, name: str | None) -> str | None:
     return max(exps, key=lambda e: e.creation_time or 0).experiment_id
 
 
-def find_chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise SystemExit("error: Chromium not found; install it with 'apt-get install -y chromium'")
+def runs_page(base: str, store_uri: str, experiment_id: str, search_filter: str) -> str:
+    """The saved trials view where the experiment has it, else the same filter and order in the URL."""
+    from mlflow import MlflowClient
 
-
-def screenshot(url: str, out: Path, size: str, budget_ms: int) -> None:
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    try:
-        cmd = [
-            find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-            f"--screenshot={out}", f"--window-size={size}", f"--virtual-time-budget={budget_ms}", url,
-        ]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    if VIEW_TAG in MlflowClient(tracking_uri=store_uri).get_experiment(experiment_id).tags and \
+            search_filter == TRIAL_FILTER:
+        return runs_page_url(base, experiment_id)
+    # MLflow folds child runs under their parent only when sorted by start time: sorted by FID they show flat
+    query = {"workflowType": "machine_learning", "orderByKey": "metrics.`fid`", "orderByAsc": "true"}
+    if search_filter:
+        query["searchFilter"] = search_filter
+    return f"{base}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact-root", default=None, help="default: <runs-dir>/mlartifacts")
     p.add_argument("--experiment-name", default=None, help="default: the newest experiment")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: <runs-dir>/mlflow-ui.png)")
-    p.add_argument("--filter", default="tags.`bdense.kind` = 'trial'",
+    p.add_argument("--filter", default=TRIAL_FILTER,
                    help="MLflow search filter of the runs shown ('' for all runs, nested) (default: %(default)s)")
-    p.add_argument("--window-size", default="1600,900")
+    p.add_argument("--add-view", action="store_true",
+                   help="first give the experiment the tags study/tracking.py gives new ones (model-training kind, "
+                        "the saved trials view): writes to the store")
+    p.add_argument("--window-size", default="1900,1000")
     p.add_argument("--runs-page-only", action="store_true", help="skip the second shot (the trial runs compared)")
     p.add_argument("--wait", type=float, default=120, help="seconds to wait for the server (default: %(default)s)")
     args = p.parse_args(argv)
@@ -116,42 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or runs / "mlflow-ui.png").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     experiment_id = pick_experiment(store, args.experiment_name)
+    if args.add_view and experiment_id:
+        tracker = Tracker(store)
+        tracker.use_experiment(tracker.client.get_experiment(experiment_id).name)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--default-artifact-root", artifacts,
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        cwd=runs,  # a published store (analysis.publish) keeps artifact paths relative to its folder
-    )
-    try:
-        wait_until_serving(f"{base}/health", server, args.wait)
-        page = f"{base}/#/experiments"
-        if experiment_id:  # the trial runs, best FID first; MLflow folds child runs under their parent only
-            # when the list is sorted by start time, so this order also shows them flat, one row per trial
-            query = urllib.parse.urlencode({"searchFilter": args.filter, "orderByKey": "metrics.`fid`",
-                                            "orderByAsc": "true"}, quote_via=urllib.parse.quote)
-            page = f"{base}/#/experiments/{experiment_id}/runs?{query}" if args.filter else \
-                f"{base}/#/experiments/{experiment_id}/runs"
+    base = f"http://127.0.0.1:{free_port()}"
+    shots = [out]
+    with serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--default-artifact-root",
+                artifacts, "--host", "127.0.0.1", "--port", base.rsplit(":", 1)[1]], f"{base}/health", args.wait,
+               cwd=runs,  # a published store (analysis.publish) keeps artifact paths relative to its folder
+               what="mlflow ui"):
+        page = runs_page(base, store, experiment_id, args.filter) if experiment_id else f"{base}/#/experiments"
         screenshot(page, out, args.window_size, 15000)
-        shots = [out]
         ids = trial_run_ids(store, experiment_id) if experiment_id else []
         if ids and not args.runs_page_only:  # the trials side by side: params and metrics (FID) per run
             compare = out.with_name(out.stem + "-compare" + out.suffix)
-            query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id])},
-                                           quote_via=urllib.parse.quote)
+            query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([experiment_id]),
+                                            "workflowType": "machine_learning"}, quote_via=urllib.parse.quote)
             screenshot(f"{base}/#/compare-runs?{query}", compare, args.window_size, 15000)
             shots.append(compare)
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-    if not out.exists() or out.stat().st_size == 0:
-        print("error: Chromium wrote no screenshot", file=sys.stderr)
-        return 1
     for shot in shots:
         print(shot)
     return 0

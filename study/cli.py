@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run folder for the default stores and caches; default: ${RUNS_DIR_ENV} or ./runs")
     g.add_argument("--mlflow-uri", default=None, metavar="URI",
                    help="MLflow tracking URI; default: sqlite:///<runs-dir>/mlflow.db (artifacts in <runs-dir>/mlartifacts)")
+    g.add_argument("--train-teacher", action="store_true",
+                   help="train the preset's teacher here when its shipped file is missing or damaged (else: an error "
+                        "naming the fix)")
     g.add_argument("--heartbeat-interval", type=int, default=None, metavar="S",
                    help="seconds between a running trial's heartbeats, set when the study is created (default 30; the study keeps "
                         "its own; a trial silent for 4x this is failed and retried)")

@@ -64,6 +64,7 @@ class StudyConfig:
     mlflow_uri: str
     artifact_root: Path
     runs_dir: Path
+    train_teacher: bool
     heartbeat_interval: int | None  # None: the study's own (30 s when it is created)
     length: str  # trial length of the search: "screen" or "full"
     shared: dict[str, Any]  # length -> the framework config every trial of that length shares
@@ -318,6 +319,7 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
         storage_url=args.storage or f"journal:{runs_dir / JOURNAL_NAME}",
         mlflow_uri=args.mlflow_uri or f"sqlite:///{runs_dir / 'mlflow.db'}",
         artifact_root=runs_dir / "mlartifacts", runs_dir=runs_dir, heartbeat_interval=args.heartbeat_interval,
+        train_teacher=args.train_teacher,
         length=args.length, shared=shared, paths=paths, fast=args.fast, objective=objective,
         confirm_top=args.confirm_top, confirm_seeds=args.confirm_seeds, confirm_length=args.confirm_length,
         ablation=args.ablation, ablation_seeds=args.ablation_seeds, argv=tuple(argv),

@@ -116,17 +116,14 @@ def open_tracker(config: StudyConfig):
 
 def prepare_teacher(config: StudyConfig, device, announce: bool):
     """The preset's teacher: the shipped file, the cache, or a training run (announced)."""
-    from bdense_core.teacher import get_teacher
-
-    from bdense_core.teacher import teacher_cache_file
+    from bdense_core.teacher import get_teacher, teacher_cache_file
 
     preset = config.preset
-    shipped = preset.teacher_file and Path(preset.teacher_file).is_file()
-    if announce and not shipped and not teacher_cache_file(preset.teacher, config.cache_root).exists():
+    if announce and not preset.teacher_file and not teacher_cache_file(preset.teacher, config.cache_root).exists():
         _note(f"teacher: training the preset {preset.name}'s teacher, {preset.teacher.steps} steps, once (cached under "
               f"{config.cache_root})")
     teacher = get_teacher(preset.teacher, preset.teacher_file, device, root=config.cache_root,
-                          progress=announce and sys.stderr.isatty())
+                          progress=announce and sys.stderr.isatty(), train=config.train_teacher)
     if announce:
         how = "shipped with the repository" if preset.teacher_file and teacher.from_cache else (
             "loaded from cache" if teacher.from_cache else f"trained in {teacher.wall_time_s:.0f} s")
@@ -162,6 +159,8 @@ def open_study(config: StudyConfig, storage, teacher):
 
     study = optuna.create_study(study_name=config.study_name, storage=storage, sampler=make_sampler(config),
                                 pruner=make_pruner(config), direction="minimize", load_if_exists=True)
+    if not study.metric_names:  # optuna-dashboard's and trials_dataframe's name for the objective
+        study.set_metric_names([config.objective.upper()])
     if study.user_attrs.get(c.STUDY_TEACHER_KEY, teacher.key) != teacher.key:
         raise UsageError(f"study {config.study_name!r} used teacher {study.user_attrs[c.STUDY_TEACHER_KEY]}, this "
                          f"preset gives {teacher.key}; use a new --study-name")

@@ -5,6 +5,16 @@ be open at once and several worker processes can write to one store. Per-step me
 sent with ``log_batch``. The parent run is found again on resume through the study's user attribute
 ``mlflow_parent_run_id`` (or its ``optuna_study_name`` tag); the trial run carries the tag
 ``optuna_trial_number`` and the trial holds the run id in its user attribute ``mlflow_run_id``.
+
+What the MLflow UI (3.x) shows without configuring anything:
+- Experiments are created as model-training experiments (tag ``mlflow.experimentKind`` =
+  ``custom_model_development``). MLflow 3.17's UI picks its GenAI or model-training view from the sidebar toggle
+  (``?workflowType=`` in the URL, else the browser's last choice, GenAI at first), so :func:`runs_page_url` links
+  carry ``workflowType=machine_learning``.
+- Each experiment holds a saved runs-table view (``mlflow.sharedViewState.bdense-trials``): the trial runs, best
+  FID first, with FID, KID, K, a, b, NFE and the training length as columns. ``runs_page_url`` opens it.
+- A trial run's name carries the same facts (:func:`trial_run_name`), so even the plain runs table, which shows
+  only run names, dates and durations, reads e.g. ``FID 23.31 K=4 a=0.976 b=1.27 NFE2 80it #17``.
 """
 
 from __future__ import annotations
@@ -21,6 +31,16 @@ from typing import Any, Callable
 from .contract import TAG_KIND as KIND_TAG, TAG_PARENT as PARENT_TAG, TAG_RUN_NAME as RUN_NAME_TAG
 from .contract import TAG_STUDY as STUDY_TAG, TAG_TRIAL as TRIAL_TAG
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's experiment type: GenAI or model training
+MODEL_TRAINING = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the experiment's description in the UI
+VIEW_KEY = "bdense-trials"  # the saved runs-table view of every experiment (viewStateShareKey)
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+TRIAL_FILTER = f"tags.`{KIND_TAG}` = 'trial'"
+# the runs-table columns of that view: (kind, key as logged by the objective)
+TRIAL_COLUMNS = (("metrics", "fid"), ("metrics", "kid"), ("params", "K"), ("params", "fitted_a"),
+                 ("params", "fitted_b"), ("params", "nfe"), ("params", "iterations"), ("params", "role"),
+                 ("attributes", "Duration"))
 
 
 def quiet_logs() -> None:
@@ -41,6 +61,37 @@ def _retry(fn: Callable[[], Any], tries: int = 8) -> Any:
             if "locked" not in str(e).lower() or attempt == tries - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
+
+
+def trial_run_name(number: int, branches: int, a: float, b: float, nfe: int, iterations: int,
+                   fid: float | None = None, kid: float | None = None, weights: list[float] | None = None) -> str:
+    """A trial run's name with what a researcher sorts and compares by, most telling first (the UI cuts long
+    names): ``FID 23.31 K=4 a=0.976 b=1.27 NFE2 80it #17`` once scored, without the scores while it runs.
+    With ``weights`` (free per-branch weights) they replace a and b."""
+    scores = (f"FID {fid:.2f} " if fid is not None else "") + (f"KID {kid:.4f} " if kid is not None else "")
+    schedule = (f"w={','.join(f'{w:.2g}' for w in weights)}" if weights is not None else f"a={a:.3g} b={b:.3g}")
+    if branches == 1 and weights is None:
+        schedule = "baseline"  # K = 1: (a, b) only scale the loss
+    return f"{scores}K={branches} {schedule} NFE{nfe} {iterations}it #{number}"
+
+
+def trial_tags(branches: int, a: float, b: float, nfe: int, iterations: int, role: str, **extra: Any) -> dict[str, str]:
+    """Tags of a trial run (searchable, e.g. ``tags.K = '4'``; shown in the run's page)."""
+    tags = {"K": branches, "a": f"{a:.6g}", "b": f"{b:.6g}", "nfe": nfe, "iterations": iterations, "role": role}
+    tags.update(extra)
+    return {k: str(v) for k, v in tags.items()}
+
+
+def trials_view_state(columns=TRIAL_COLUMNS) -> dict:
+    """The saved runs-table view: trial runs only, best FID first, ``columns`` selected."""
+    return {"searchFilter": TRIAL_FILTER, "orderByKey": "metrics.`fid`", "orderByAsc": True,
+            "selectedColumns": [f"{kind}.`{key}`" for kind, key in columns]}
+
+
+def runs_page_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's trials in the model-training view, with the saved columns."""
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -134,6 +185,8 @@ class Tracker:
 
     # -- experiment and parent run -------------------------------------------------------------------
     def use_experiment(self, name: str) -> str:
+        """The experiment ``name`` (created, or restored if deleted), marked for model training and holding the
+        trials view (:func:`runs_page_url`); an existing experiment gets the tags it lacks."""
         exp = _retry(lambda: self.client.get_experiment_by_name(name))
         if exp is None:
             location = None
@@ -141,7 +194,8 @@ class Tracker:
                 safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
                 location = (self.artifact_root / safe).resolve().as_uri()
             try:
-                self.experiment_id = _retry(lambda: self.client.create_experiment(name, artifact_location=location))
+                self.experiment_id = _retry(lambda: self.client.create_experiment(
+                    name, artifact_location=location, tags=self.experiment_tags(name)))
             except Exception:  # another process created it at the same moment
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
@@ -151,7 +205,19 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            for key, value in self.experiment_tags(name).items():
+                if key not in exp.tags:  # e.g. a store from before these tags; never overwrite a user's choice
+                    _retry(lambda k=key, v=value: self.client.set_experiment_tag(exp.experiment_id, k, v))
         return self.experiment_id
+
+    @staticmethod
+    def experiment_tags(name: str) -> dict[str, str]:
+        """Experiment tags: model-training kind, the trials view and a description saying how to open it."""
+        note = (f"Optuna study `{name}` of B-DENSE distillation: one run per trial (nested under the study's run), "
+                f"the teacher's run, the study's run. The trials table with FID, KID, K, a, b, NFE and the training "
+                f"length as columns, best FID first: add `?workflowType=machine_learning&viewStateShareKey="
+                f"{VIEW_KEY}` to this experiment's runs page.")
+        return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, VIEW_TAG: json.dumps(trials_view_state()), NOTE_TAG: note}
 
     def _run_exists(self, run_id: str | None) -> bool:
         if not run_id:
@@ -278,14 +344,17 @@ class Tracker:
     def start_trial(self, study_name: str, parent_run_id: str, trial_number: int, point, role: str,
                     params: dict, teacher_key: str) -> "TrialRun":
         """A trial's nested run, named and tagged so that the runs table shows what it trained."""
+        fa, fb = point.fitted_ab
+        facts = dict(number=trial_number, branches=point.branches, a=fa, b=fb, nfe=int(params.get("nfe", 0)),
+                     iterations=int(params.get("iterations", 0)),
+                     weights=point.weight_values() if params.get("weights_mode") == "free" else None)
         tags = {KIND_TAG: "trial", STUDY_TAG: study_name, TRIAL_TAG: str(trial_number), PARENT_TAG: parent_run_id,
-                "role": role, "teacher_key": teacher_key, "K": str(point.branches)}
-        for key in ("nfe", "fidelity", "iterations"):
-            if key in params:
-                tags[key] = str(params[key])
-        name = f"trial-{trial_number:04d} {point.label} NFE {params.get('nfe', '?')} ({params.get('fidelity', 'screen')})"
-        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+                "teacher_key": teacher_key,
+                **trial_tags(point.branches, fa, fb, facts["nfe"], facts["iterations"], role,
+                             fidelity=params.get("fidelity", "screen"))}
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=trial_run_name(**facts), tags=tags))
         trial_run = TrialRun(self, run.info.run_id)
+        trial_run.facts = facts
         self.log_params(run.info.run_id, params)
         return trial_run
 
@@ -312,6 +381,7 @@ class TrialRun:
     def __init__(self, tracker: Tracker, run_id: str, flush_every: int = 50, flush_seconds: float = 15.0):
         self.tracker = tracker
         self.run_id = run_id
+        self.facts: dict = {}  # what trial_run_name shows, known when the run started
         self._buffer: list = []
         self._flush_every = flush_every
         self._flush_seconds = flush_seconds
@@ -333,6 +403,10 @@ class TrialRun:
         for i in range(0, len(items), MAX_BATCH):
             _retry(lambda chunk=items[i:i + MAX_BATCH]: self.tracker.client.log_batch(self.run_id, metrics=chunk))
         self._last_flush = time.monotonic()
+
+    def rename(self, name: str) -> None:
+        """Set the run's name, e.g. :func:`trial_run_name` with the scores once the trial is scored."""
+        _retry(lambda: self.tracker.client.update_run(self.run_id, name=name))
 
     def finish(self, status: str = "FINISHED") -> None:
         try:
@@ -356,6 +430,8 @@ class TrialRun:
         from bdense_core.runtime import to_jsonable
 
         self.tracker.log_metrics(self.run_id, {k: v for k, v in final.items() if not isinstance(v, list)})
+        if self.facts:
+            self.rename(trial_run_name(**self.facts, fid=final.get("fid"), kid=final.get("kid")))
         fa, fb = point.fitted_ab
         with tempfile.TemporaryDirectory(prefix="bdense-trial-") as tmp:
             title = f"trial {trial.number} ({trial.user_attrs.get('role')}): K={point.branches}, fitted a={fa:.3g}, b={fb:.3g}"
