@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev,offline-fid,dashboard]"
+	$(PY) -m pip install -q -e ".[dev,offline-fid,dashboard,postgres]"
 	touch $@
 
 # Fashion-MNIST ships offline as Debian's dataset-fashion-mnist (the original idx files).

@@ -43,9 +43,11 @@ class Preset:
     eval_batch: int = 500
     teacher_file: str | None = None  # a shipped teacher checkpoint to use instead of training one
     length: str = "screen"  # which of LENGTHS ``distill`` and ``bank_size`` hold
-    # students a worker trains at once as one batched model (Framework.train_many); 1 until the preset's
-    # device has been measured with benchmarks/bench_core.py's students-per-process sweep
+    # students a worker trains at once as one batched model (Framework.train_many). 1 for every preset: on the
+    # H100 (bench_core, 2026-11-26) 8 students per process gave x1.03 the students x iterations per second of 1,
+    # since one fast student at batch 128 already keeps the GPU busy
     students_per_worker: int = 1
+    n_trials: int = 20  # search trials of a study command without --n-trials
     full_distill: Mapping[str, Any] | None = None  # the configs at length "full" (None: the screen's)
     full_bank_size: int | None = None  # the bank size at length "full" (None: the screen's)
 
@@ -135,7 +137,7 @@ PRESETS: dict[str, Preset] = {
             ),
             # 250 samples: on 2 quiet cores a trial is ~31 s of Inception (8 images/s) plus ~26 s of training, so a
             # 6-trial study fits in the first ten minutes (scripts/objective_noise.py measures its spread)
-            fid_samples=250, fid_reference=500, k_choices=(1, 2, 4),
+            fid_samples=250, fid_reference=500, k_choices=(1, 2, 4), n_trials=6,
             teacher_file=str(TEACHERS / "teacher-cpu.pt"),
             full_distill=dict(
                 sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=4, iterations=160, batch_size=32, lr=2e-4),

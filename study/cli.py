@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_preset_epilog(),
     )
     g = p.add_argument_group("study")
-    g.add_argument("--n-trials", type=int, default=20, metavar="N",
+    g.add_argument("--n-trials", type=int, default=None, metavar="N",
                    help="search trials this command runs (the study keeps earlier ones)")
     g.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="stop starting new trials after S seconds; default: no limit")

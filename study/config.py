@@ -226,8 +226,8 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or "runs")
 
 
-def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig:
-    """Check the parsed flags and resolve them into a :class:`StudyConfig` (raises :class:`UsageError`)."""
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts, seed and timeout within their ranges (one :class:`UsageError` naming the flag)."""
     for name, value, low in [("--n-trials", args.n_trials, 0), ("--workers", args.workers, 1),
                              ("--seeds-per-trial", args.seeds_per_trial, 1), ("--ablation-seeds", args.ablation_seeds, 1),
                              ("--heartbeat-interval", args.heartbeat_interval, 1),
@@ -236,18 +236,23 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
                              ("--fid-samples", args.fid_samples, 2), ("--iterations", args.iterations, 1),
                              ("--bank-size", args.bank_size, 0)]:
         _at_least(name, value, low)
-    if args.n_trials == 0 and not args.confirm_top and not args.ablation:
-        raise UsageError("--n-trials must be >= 1 (0 only with --confirm-top or --ablation)")
     if not 0 <= args.seed <= MAX_SEED:
         raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {args.seed}")
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
 
+
+def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig:
+    """Check the parsed flags and resolve them into a :class:`StudyConfig` (raises :class:`UsageError`)."""
+    _check_numbers(args)
     devices = _devices(args.devices, args.device)
     try:
         preset = get_preset(args.preset or default_preset_name(devices[0].startswith("cuda")))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    n_trials = preset.n_trials if args.n_trials is None else args.n_trials
+    if n_trials == 0 and not args.confirm_top and not args.ablation:
+        raise UsageError("--n-trials must be >= 1 (0 only with --confirm-top or --ablation)")
     framework = args.framework
     fw = get_framework(framework)
     if args.distance is not None and not hasattr(preset.config(framework), "distance"):
@@ -314,7 +319,7 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
     return StudyConfig(
         preset=preset, framework=framework, nfe=nfe, k_choices=k_choices, weights_mode=args.weights,
         a_range=a_range, b_range=b_range, w_range=w_range, sampler=args.sampler, pruner=args.pruner,
-        seed=args.seed, seeds_per_trial=args.seeds_per_trial, n_trials=args.n_trials, timeout=args.timeout,
+        seed=args.seed, seeds_per_trial=args.seeds_per_trial, n_trials=n_trials, timeout=args.timeout,
         workers=max(1, args.workers), devices=devices, students_per_worker=students, study_name=study_name,
         storage_url=args.storage or f"journal:{runs_dir / JOURNAL_NAME}",
         mlflow_uri=args.mlflow_uri or f"sqlite:///{runs_dir / 'mlflow.db'}",

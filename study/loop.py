@@ -69,7 +69,7 @@ class Loop:
         """Trials that train together: at most ``students_per_worker`` students (at least one trial)."""
         room = self.ctx.config.students_per_worker
         group: list[optuna.Trial] = []
-        while len(group) < budget:
+        while len(group) < budget and sum(_students(t, self.ctx) for t in group) < room:
             if self.pending:
                 trial = self.pending.pop(0)
             else:

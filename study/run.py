@@ -250,20 +250,19 @@ def run_study(config: StudyConfig) -> int:
 
     stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, parent_run_id=parent_run_id, teacher=teacher)
     reporter = ProgressReporter(config.n_trials, study, live=sys.stdout.isatty())
-    code, tally = 0, None
+    code = 0
     try:
         with reporter:
             if config.n_trials:
-                code, tally = run_phase(config, study, config.n_trials, stores, reporter)
+                code, _ = run_phase(config, study, config.n_trials, stores, reporter)
             if config.confirm_top and code == 0:
                 n = plan_confirmation(study, config)
                 if n:
                     reporter.extend(n)
-                    code, more = run_phase(config, study, n, stores, reporter)
-                    tally = more if tally is None else tally.merged(more)
+                    code, _ = run_phase(config, study, n, stores, reporter)
     except Interrupted as e:
         tracker.set_status(parent_run_id, "KILLED")
-        _note(interrupted_line(config, study, tally, reporter))
+        _note(interrupted_line(config, reporter))
         return SIGNAL_EXIT.get(e.signum, 130)
     summary = study_summary(study, config, reporter.mine, time.monotonic() - started)
     print_summary(summary, config)
@@ -271,7 +270,7 @@ def run_study(config: StudyConfig) -> int:
     return code
 
 
-def interrupted_line(config: StudyConfig, study, tally, reporter) -> str:
+def interrupted_line(config: StudyConfig, reporter) -> str:
     from study.secrets import mask_url
 
     kept = reporter.count("COMPLETE")
