@@ -1,7 +1,7 @@
 """Screen, then confirm: the screen's best configurations and both baselines re-trained at full length.
 
 ``--confirm-top N --confirm-seeds S --confirm-length full``: after the search, the N best K > 1 configurations
-of the screen (ranked by the contract's rule: mean over their seeds at the study's NFE and the search's
+other than the uniform baseline's (confirmed anyway) of the screen (ranked by the contract's rule: mean over their seeds at the study's NFE and the search's
 length), the K = 1 baseline and the uniform baseline are each enqueued once per confirmation seed, as trials of
 the same study with ``fidelity`` = the confirmation length, ``role`` = ``confirm``, one seed each (so every
 seed is its own trial with its own MLflow run), ``screen_trial`` (the screen trial it re-runs) and
@@ -22,6 +22,10 @@ from .config import StudyConfig
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 
 
+def _key(params: dict, config: StudyConfig) -> tuple:
+    return c.config_key({**params, c.WEIGHTS_MODE: config.weights_mode, c.PARAM_K: params.get(c.PARAM_K, 1)})
+
+
 def _params_of(trial: optuna.trial.FrozenTrial) -> dict:
     return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
 
@@ -31,7 +35,8 @@ def candidates(study: optuna.Study, config: StudyConfig) -> list[tuple[int, dict
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     records = [c.trial_record(t) for t in trials.values()]
     gs = c.groups(records, nfe=config.nfe, fidelity=config.length, default_nfe=config.nfe)
-    ranked = sorted((g for g in gs.values() if g.key != (1,)), key=lambda g: (g.mean, -g.n, min(g.trials)))
+    baselines = {_key(params, config) for _, params in space.baseline_params(config)}  # confirmed anyway
+    ranked = sorted((g for g in gs.values() if g.key not in baselines), key=lambda g: (g.mean, -g.n, min(g.trials)))
     out = []
     for rank, g in enumerate(ranked[: config.confirm_top], 1):
         first = trials[min(g.trials)]
@@ -50,12 +55,13 @@ def enqueue_confirmation(study: optuna.Study, config: StudyConfig) -> int:
     have = {(c.config_key({**_params_of(t), **t.user_attrs}), tuple(t.user_attrs.get(c.SEEDS, ()))) for t in existing}
     n = 0
     for rank, params, screen_trial in candidates(study, config):
-        key = c.config_key({**params, c.WEIGHTS_MODE: config.weights_mode, c.PARAM_K: params.get(c.PARAM_K, 1)})
+        key = _key(params, config)
         for seed in config.confirm_seed_list:
             if (key, (seed,)) in have:
                 continue
             space.enqueue(study, params, {c.ROLE: c.ROLE_CONFIRM, c.FIDELITY: config.confirm_length,
                                           c.SEEDS: [seed], c.NFE: config.nfe, c.SCREEN_TRIAL: screen_trial,
                                           c.CONFIRM_RANK: rank, c.WEIGHTS_MODE: config.weights_mode})
+            have.add((key, (seed,)))
             n += 1
     return n
