@@ -227,17 +227,18 @@ def run_phase(config: StudyConfig, study, n_trials: int, stores, reporter) -> tu
 def run_study(config: StudyConfig) -> int:
     from bdense_core.runtime import best_device
 
-    from study.storage import open_study_storage
+    from study.storage import open_storage, open_study_storage
     from study.summary import ProgressReporter, print_summary, study_summary
 
     started = time.monotonic()
     config.runs_dir.mkdir(parents=True, exist_ok=True)
-    storage, heartbeat = open_study_storage(config.storage_url, config.study_name,
-                                            heartbeat_interval=config.heartbeat_interval)
-    check_resume(config, storage)
+    # every check that can fail comes before the study is created: bad input leaves no empty study behind
+    check_resume(config, open_storage(config.storage_url))
     tracker = open_tracker(config)
     device = best_device(config.device)
     teacher = prepare_teacher(config, device, announce=True)
+    storage, heartbeat = open_study_storage(config.storage_url, config.study_name,
+                                            heartbeat_interval=config.heartbeat_interval)
     study = open_study(config, storage, teacher)
 
     experiment_id = tracker.use_experiment(config.study_name)
