@@ -261,8 +261,12 @@ def test_shipped_teacher_file_is_used_only_for_its_own_config(tmp_path):
     used = get_teacher(cfg, shipped, "cpu", root=tmp_path / "b")
     assert used.key == cfg.key and used.from_cache
     assert not (tmp_path / "b" / "teachers" / cfg.key / "teacher.pt").exists()  # nothing was trained
-    other = replace(cfg, seed=1)
-    fresh = get_teacher(other, shipped, "cpu", root=tmp_path / "b")
+    other = replace(cfg, seed=1)  # the file holds another config: an error naming the fix, unless asked to train
+    from bdense_core.teacher import TeacherFileError
+
+    with pytest.raises(TeacherFileError, match="--train-teacher"):
+        get_teacher(other, shipped, "cpu", root=tmp_path / "b")
+    fresh = get_teacher(other, shipped, "cpu", root=tmp_path / "b", train=True)
     assert fresh.key == other.key != cfg.key and not fresh.from_cache
 
 
