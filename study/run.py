@@ -187,20 +187,27 @@ def record_study(study, config: StudyConfig, teacher, tracker, experiment_id: st
             study.set_user_attr(key, value)
 
 
-def plan_work(study, config: StudyConfig) -> None:
-    """Queue what the command must run besides the search: the baselines, and a designed grid if asked."""
+def plan_work(study, config: StudyConfig) -> int:
+    """Queue what the command must run besides the search: the baselines (when it searches), and a designed
+    grid if asked. Returns how many trials the command runs: ``--n-trials``, but with ``--ablation`` at least
+    every queued trial, so that the grid always completes (Optuna hands queued trials out first)."""
+    from optuna.trial import TrialState
+
     from study import contract as c
     from study import space
 
-    queued = space.enqueue_baselines(study, config, {c.FIDELITY: config.length, c.SEEDS: config.seeds})
-    if queued:
-        _note(f"queued baselines: {', '.join(queued)}")
+    if config.n_trials:
+        queued = space.enqueue_baselines(study, config, {c.FIDELITY: config.length, c.SEEDS: config.seeds})
+        if queued:
+            _note(f"queued baselines: {', '.join(queued)}")
     if config.ablation:
         from study.designs import best_bdense_params, enqueue_ablation
 
         n = enqueue_ablation(study, config.ablation, config.k_choices, best_params=best_bdense_params(study),
                              seeds=config.ablation_seeds)
         _note(f"queued ablation '{config.ablation}': {n} configurations")
+        return max(config.n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+    return config.n_trials
 
 
 def plan_confirmation(study, config: StudyConfig) -> int:
@@ -247,15 +254,15 @@ def run_study(config: StudyConfig) -> int:
     teacher_run_id = tracker.teacher_run(teacher, config.study_name, parent_run_id)
     record_study(study, config, teacher, tracker, experiment_id, parent_run_id, teacher_run_id)
     tracker.set_status(parent_run_id, "RUNNING")
-    plan_work(study, config)
+    n_trials = plan_work(study, config)
 
     stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, parent_run_id=parent_run_id, teacher=teacher)
-    reporter = ProgressReporter(config.n_trials, study, live=sys.stdout.isatty())
+    reporter = ProgressReporter(n_trials, study, live=sys.stdout.isatty())
     code = 0
     try:
         with reporter:
-            if config.n_trials:
-                code, _ = run_phase(config, study, config.n_trials, stores, reporter)
+            if n_trials:
+                code, _ = run_phase(config, study, n_trials, stores, reporter)
             if config.confirm_top and code == 0:
                 n = plan_confirmation(study, config)
                 if n:
