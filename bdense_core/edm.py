@@ -72,12 +72,22 @@ def edm_loss(
     denoiser: EDMPrecond, images: torch.Tensor, generator: torch.Generator, const: EDMConstants = EDMConstants()
 ) -> torch.Tensor:
     """EDM training loss: ``ln sigma ~ N(P_mean, P_std)``, weight ``(sigma^2+sd^2)/(sigma sd)^2``; mean over pixels."""
-    b = images.shape[0]
-    rnd = torch.randn(b, 1, 1, 1, generator=generator, device=images.device)
+    rnd, unit_noise = edm_loss_draws(images, generator)
+    return edm_loss_from(denoiser, images, rnd, unit_noise, const)
+
+
+def edm_loss_draws(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of one :func:`edm_loss` call, in its order: ``ln sigma``'s normal, then unit noise."""
+    rnd = torch.randn(images.shape[0], 1, 1, 1, generator=generator, device=images.device)
+    return rnd, torch.randn(images.shape, generator=generator, device=images.device)
+
+
+def edm_loss_from(denoiser: EDMPrecond, images: torch.Tensor, rnd: torch.Tensor, unit_noise: torch.Tensor,
+                  const: EDMConstants = EDMConstants()) -> torch.Tensor:
+    """:func:`edm_loss` given its draws (:func:`edm_loss_draws`): the part a compiled training step holds."""
     sigma = (rnd * const.p_std + const.p_mean).exp()
     weight = (sigma**2 + const.sigma_data**2) / (sigma * const.sigma_data) ** 2
-    noise = torch.randn(images.shape, generator=generator, device=images.device) * sigma
-    denoised = denoiser(images + noise, sigma.flatten())
+    denoised = denoiser(images + unit_noise * sigma, sigma.flatten())
     return (weight * (denoised - images) ** 2).mean()
 
 

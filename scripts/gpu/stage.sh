@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
 # Stage the large assets on the GPU machine over consecutive device calls (each call carries <= 64 MiB).
-# Run scripts/gpu/prepare.sh here first; then carry .gpu/p1 .. .gpu/pN (and .gpu/assets.sha256, .gpu/nparts),
-# one part per call, and `source scripts/gpu/stage.sh` at the start of every call. Parts collect in /tmp/bd, which
-# survives between calls while the machine stays warm; when all N are there the tar is checked and
-# unpacked, and the wheels whose packages the machine lacks are installed into /tmp/site.
+# Run scripts/gpu/prepare.sh here first; then carry one or more of .gpu/p1 .. .gpu/p5 per call, with
+# .gpu/SHA256SUMS and .gpu/pieces, and `source scripts/gpu/stage.sh` at the start of every call. Parts collect
+# in /tmp/bd, which survives between calls while the machine stays warm. Each asset is checked against its
+# checksum and unpacked as soon as its own parts are there: p1 the data (a teacher can train), p2 the wheels
+# (installed into /tmp/site where the machine lacks the package), p3.. the Inception (FID).
 # It exports the variables the project reads and prints what is ready.
 S=/tmp/bd
-mkdir -p $S/parts $S/cache $S/data
-for f in .gpu/p*/part.*; do [ -f "$f" ] && cp -n "$f" $S/parts/; done
-[ -f .gpu/assets.sha256 ] && cp .gpu/assets.sha256 $S/assets.sha256
-[ -f .gpu/nparts ] && cp .gpu/nparts $S/nparts
-NPARTS=$(cat $S/nparts 2>/dev/null || echo 3)
-if [ ! -d $S/assets ] && [ "$(ls $S/parts | wc -l)" -eq "$NPARTS" ]; then
-  if [ "$(cat $S/parts/part.* | sha256sum | cut -d' ' -f1)" = "$(cat $S/assets.sha256 2>/dev/null)" ]; then
-    cat $S/parts/part.* | tar -C $S -xf - && rm -f $S/parts/part.*
-  else
-    echo "stage: assets checksum mismatch; parts dropped, stage them again"; rm -f $S/parts/part.*
+mkdir -p $S/parts $S/cache $S/data $S/assets
+for f in .gpu/p*/*; do
+  case $(basename "$f") in data.tar) [ -f $S/data.done ] && continue;; whl.tar) [ -f $S/whl.done ] && continue;;
+    inception.pt.*) [ -f $S/assets/inception.pt ] && continue;; esac
+  [ -f "$f" ] && cp -n "$f" $S/parts/
+done
+for f in SHA256SUMS pieces; do [ -f .gpu/$f ] && cp .gpu/$f $S/$f; done
+_stage_sum() { grep " $1\$" $S/SHA256SUMS 2>/dev/null | cut -d' ' -f1; }
+for t in data whl; do
+  if [ -f $S/parts/$t.tar ] && [ ! -f $S/$t.done ]; then
+    if [ "$(sha256sum $S/parts/$t.tar | cut -d' ' -f1)" = "$(_stage_sum $t.tar)" ]; then
+      tar -C $S -xf $S/parts/$t.tar && rm -f $S/parts/$t.tar && touch $S/$t.done
+    else echo "stage: $t.tar checksum mismatch; dropped, stage it again"; rm -f $S/parts/$t.tar; fi
   fi
+done
+PIECES=$(cat $S/pieces 2>/dev/null || echo 3)
+if [ ! -f $S/assets/inception.pt ] && [ "$(ls $S/parts/ | grep -c '^inception.pt.')" -eq "$PIECES" ]; then
+  cat $S/parts/inception.pt.* > $S/inception.tmp
+  if [ "$(sha256sum $S/inception.tmp | cut -d' ' -f1)" = "$(_stage_sum inception.pt)" ]; then
+    mv $S/inception.tmp $S/assets/inception.pt && rm -f $S/parts/inception.pt.*
+  else echo "stage: Inception checksum mismatch; pieces dropped, stage them again"; rm -f $S/parts/inception.pt.* $S/inception.tmp; fi
 fi
-if [ -d $S/assets/whl ] && [ ! -f $S/wheels.done ]; then
+if [ -f $S/whl.done ] && [ ! -f $S/wheels.done ]; then
   missing=()
   for w in $S/assets/whl/*.whl; do
     dist=$(basename "$w" | cut -d- -f1)
@@ -33,4 +44,5 @@ fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DIR=$S/assets/fmnist
 [ -f $S/assets/inception.pt ] && export BDENSE_INCEPTION=$S/assets/inception.pt
-echo "stage: assets=$([ -d $S/assets ] && echo ready || echo "$(ls $S/parts | wc -l)/$NPARTS parts") wheels=$([ -f $S/wheels.done ] && echo yes || echo no)"
+echo "stage: data=$([ -f $S/data.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
+  "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")"

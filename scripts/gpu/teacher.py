@@ -6,7 +6,10 @@
 Call it again to resume where the budget stopped it (the checkpoint sits in $BDENSE_CACHE_DIR). When the
 teacher is complete it is saved in fp16 to OUT/teacher-<preset>.pt and scored: FID/KID of
 ``preset.fid_samples`` samples from its own sampler against ``preset.fid_reference`` training images,
-written with the timings to OUT/teacher-<preset>.json.
+written with the timings to OUT/teacher-<preset>.json. It is scored three times: the fast (compiled bf16)
+sampler at two sampling seeds (their difference is the sampling noise of the score) and the eager fp32 sampler
+at the first seed (whether bf16 sampling changes the distribution). Without the Inception file (not staged
+yet) it stops after saving; the same call later scores the cached teacher.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bdense_core.edm import nfe  # noqa: E402
 from bdense_core.evaluate import evaluate, make_evaluator  # noqa: E402
+from bdense_core.fid import InceptionNotFound, find_inception  # noqa: E402
 from bdense_core.presets import get_preset  # noqa: E402
 from bdense_core.runtime import best_device  # noqa: E402
 from bdense_core.teacher import TrainingPaused, save_teacher, train_teacher  # noqa: E402
@@ -43,8 +47,18 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    last = [t0, 0]
+
+    def report(step: int, loss: float) -> None:
+        if step % 1000 == 0:
+            now = time.perf_counter()
+            rate = (step - last[1]) / (now - last[0]) if last[1] else float("nan")
+            print(f"teacher step {step}/{preset.teacher.steps}: loss {loss:.4f}, {rate:.1f} steps/s "
+                  f"({rate * preset.teacher.batch_size:,.0f} images/s) since step {last[1]}", flush=True)
+            last[:] = [now, step]
+
     try:
-        teacher = train_teacher(preset.teacher, device, time_budget_s=args.budget_s)
+        teacher = train_teacher(preset.teacher, device, time_budget_s=args.budget_s, callback=report)
     except TrainingPaused as e:
         rate = e.step * preset.teacher.batch_size / (time.perf_counter() - t0)
         print(f"teacher: {e} (about {rate:,.0f} images/s incl. start-up)")
@@ -54,16 +68,25 @@ def main(argv=None) -> int:
           f"({len(teacher.loss_history) * preset.teacher.batch_size / max(teacher.wall_time_s, 1e-9):,.0f} images/s), "
           f"final loss {sum(teacher.loss_history[-100:]) / 100:.4f}")
     path = save_teacher(teacher, out / f"teacher-{preset.name}.pt", half=True)
+    try:
+        find_inception(allow_download=False)
+    except InceptionNotFound:
+        print(f"teacher saved to {path}; no Inception file here yet (stage it), so it is not scored: run again")
+        return 0
     t1 = time.perf_counter()
     evaluator = make_evaluator(preset.data, preset.fid_reference, device)
     t_ref = time.perf_counter() - t1
     scores = evaluate(teacher, evaluator, preset.fid_samples, seed=2024, batch_size=preset.eval_batch)
+    again = evaluate(teacher, evaluator, preset.fid_samples, seed=2025, batch_size=preset.eval_batch)
+    eager = evaluate(teacher, evaluator, preset.fid_samples, seed=2024, batch_size=preset.eval_batch, fast=False)
     c = preset.teacher
     record = dict(
         preset=preset.name, key=teacher.key, steps=c.steps, batch_size=c.batch_size,
         params=sum(p.numel() for p in teacher.denoiser.parameters()), train_s=teacher.wall_time_s,
         sampler=c.sampler, sampler_steps=c.sampler_steps, nfe=nfe(c.sampler, c.sampler_steps),
         fid=scores["fid"], kid=scores["kid"], fid_samples=preset.fid_samples, fid_reference=preset.fid_reference,
+        fid_seed_2025=again["fid"], kid_seed_2025=again["kid"], fid_eager_fp32=eager["fid"], kid_eager_fp32=eager["kid"],
+        eager_samples_per_s=eager["samples_per_s"],
         reference_stats_s=t_ref, samples_per_s=scores["samples_per_s"], file=path.name,
         file_mb=path.stat().st_size / 2**20, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         loss_first_100=sum(teacher.loss_history[:100]) / 100, loss_last_100=sum(teacher.loss_history[-100:]) / 100,
