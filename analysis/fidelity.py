@@ -35,7 +35,7 @@ def fidelity_table(trials: pd.DataFrame, nfe: int | None = None, alpha: float = 
     """The screen-vs-full comparison at ``nfe`` (None: the study's NFE); None without full-length trials.
 
     Returns ``rows`` (per confirmed configuration, by full-length mean: ``config``, ``confirm_rank``,
-    ``roles``, ``screen_trials``, ``screen_trial_fid`` (mean of those trials' values), ``screen`` and ``full``
+    ``roles``, ``screen_trials``, ``screen_trial_fid`` (mean of those trials' FIDs), ``screen`` and ``full``
     (:func:`analysis.summary.group_stats` rows)), ``spearman`` (``rho``, ``p``, ``n``; None below n = 3),
     ``screen_winner``/``full_winner`` (labels), ``same_winner``, ``full_lowest`` (the lowest full-length
     mean, K = 1 included), ``headlines`` (``screen`` and ``full``: the contract's headline dicts with
@@ -49,6 +49,7 @@ def fidelity_table(trials: pd.DataFrame, nfe: int | None = None, alpha: float = 
     if not full_recs:
         return None
     values = {int(r["number"]): float(r["value"]) for r in recs if _num(r.get("value")) is not None}
+    fids = {int(r["number"]): float(r["fid"]) for r in recs if _num(r.get("fid")) is not None}
     full_gs = C.groups(recs, nfe=nfe, fidelity=C.FULL, default_nfe=default)
     screen_gs = C.groups(recs, nfe=nfe, fidelity=C.SCREEN, default_nfe=default)
     rows = []
@@ -56,7 +57,7 @@ def fidelity_table(trials: pd.DataFrame, nfe: int | None = None, alpha: float = 
         mine = [r for r in full_recs if C.config_key(r) == key]
         screen_trials = sorted({int(v) for r in mine if (v := _num(r.get(C.SCREEN_TRIAL))) is not None})
         ranks = [int(v) for r in mine if (v := _num(r.get(C.CONFIRM_RANK))) is not None]
-        st_fids = [values[t] for t in screen_trials if t in values]
+        st_fids = [fids[t] for t in screen_trials if t in fids]
         rows.append({
             "config": g.label, "key": list(key), "confirm_rank": min(ranks) if ranks else None,
             "roles": sorted({str(r.get(C.ROLE)) for r in mine}), "screen_trials": screen_trials,

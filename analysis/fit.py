@@ -108,13 +108,19 @@ def ab_candidates(trials: pd.DataFrame, nfe: int | None | str = "auto", fidelity
         nfe = main_nfe(trials)
     if nfe is not None and df["nfe"].notna().any():
         df = df[df["nfe"].fillna(nfe).astype(int) == int(nfe)]
-    return df.sort_values(["value", "number"], kind="stable")
+    return df.sort_values([_by(df), "number"], kind="stable")
+
+
+def _by(df: pd.DataFrame) -> str:
+    """The column trials are ranked by here: their FID (the paper's ranking; a study that minimises KID still
+    records every trial's FID), else the objective value."""
+    return "fid" if "fid" in df and df["fid"].notna().all() else "value"
 
 
 def top_quantile(candidates: pd.DataFrame, quantile: float, min_points: int = 3) -> pd.DataFrame:
     """The best ``ceil(quantile * n)`` rows by FID (at least ``min_points``, at most all)."""
     n_top = max(min_points, math.ceil(quantile * len(candidates)))
-    return candidates.sort_values(["value", "number"], kind="stable").head(n_top)
+    return candidates.sort_values([_by(candidates), "number"], kind="stable").head(n_top)
 
 
 def fit_ab_relation(trials: pd.DataFrame, quantile: float = 0.25, form: str = "log-linear",
@@ -161,5 +167,5 @@ def fit_ab_relation(trials: pd.DataFrame, quantile: float = 0.25, form: str = "l
     return ABFit(form=form, c0=float(c0), c1=float(c1), r2=float(r2), n=len(top), n_candidates=len(cands),
                  quantile=float(quantile), K=int(k) if k is not None else None,
                  nfe=int(nfe_used) if nfe_used is not None else None,
-                 fid_threshold=float(top["value"].max()), a_min=float(a.min()), a_max=float(a.max()),
+                 fid_threshold=float(top[_by(top)].max()), a_min=float(a.min()), a_max=float(a.max()),
                  c1_se=se, trial_numbers=tuple(int(n) for n in top["number"]))

@@ -183,6 +183,7 @@ def study_summary(study: optuna.Study, config: StudyConfig, mine: dict[int, str]
     if fidelity == c.FULL and config.length != c.FULL:
         out["screen_headline"] = c.headline(records, nfe=config.nfe, fidelity=config.length,
                                             default_nfe=config.nfe).as_dict()
+        out["screen_settings"] = config.settings(config.length)
     return out
 
 
@@ -213,8 +214,10 @@ def print_summary(summary: dict, config: StudyConfig, stream=None) -> None:
                             f"{s['fail']} failed, {s['running']} running, {s['waiting']} queued); this command: "
                             f"{mine['complete']} complete, {mine['pruned']} pruned, {mine['fail']} failed in "
                             f"{_fmt_time(summary['wall_time_s'])}")
-    st = summary["settings"]
-    table.add_row("training", ", ".join(f"{k} {v}" for k, v in st.items()) + f", teacher paths: {summary['paths']}")
+    for label, key in (("training", "settings"), ("screen training", "screen_settings")):
+        if summary.get(key):
+            table.add_row(label, ", ".join(f"{k} {v}" for k, v in summary[key].items())
+                          + f", teacher paths: {summary['paths']}")
     table.add_row("scores", f"FID and KID on {summary['fid_samples']:,} samples against {summary['fid_reference']:,} "
                             f"reference images; the trials minimise {summary['objective'].upper()}"
                   + ("" if summary["objective"] == "fid" else

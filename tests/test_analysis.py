@@ -620,20 +620,23 @@ SETTINGS = {"afs": True, "teacher_substeps": 4, "batch_size": 64, "lr": 1e-4, "t
             "objective": "fid", "framework": "sfd", "weights_mode": "exp", "nfe": 2}
 
 
-def confirm_study() -> optuna.Study:
+def confirm_study(objective: str = "fid") -> optuna.Study:
     """A screen-then-confirm study as the new driver writes it (the contract of issue 15): one-seed screen
     trials, then the screen's top 3 configurations and both baselines re-trained at full length, one seed per
-    trial, three seeds each."""
+    trial, three seeds each. With ``objective="kid"`` the trials minimise a KID that orders them the other way
+    round from their FID (as a small-sample study's objective may)."""
     study = optuna.create_study(study_name="confirm")
     for k, v in {"preset": "tiny", "framework": "sfd", "nfe": 2, "fid_samples": 64, "k_choices": [1, 4],
                  "weights_mode": "exp"}.items():
         study.set_user_attr(k, v)
 
     def add(k, a, fid, seed, role, fidelity, iterations, **extra):
+        kid = fid / 1000 if objective == "fid" else (50 - fid) / 1000
         u = {**SETTINGS, "role": role, "fidelity": fidelity, "seeds": [seed], "fid_seeds": [fid], "fid": fid,
-             "kid": fid / 1000, "kid_seeds": [fid / 1000], "iterations": iterations, "fitted_a": a, "fitted_b": 1.0,
-             "mlflow_run_id": "", **extra}
-        study.add_trial(create_trial(params=_params(k, a, 1.0), distributions=DISTS, value=fid, user_attrs=u))
+             "kid": kid, "kid_seeds": [kid], "iterations": iterations, "fitted_a": a, "fitted_b": 1.0,
+             "mlflow_run_id": "", "objective": objective, **extra}
+        study.add_trial(create_trial(params=_params(k, a, 1.0), distributions=DISTS,
+                                     value=fid if objective == "fid" else kid, user_attrs=u))
         return study.trials[-1].number
 
     screen_of = {}
@@ -700,6 +703,18 @@ def test_fidelity_table_on_a_screen_then_confirm_study():
     assert h[0]["bdense"]["config"] == "K=4, a=0.7, b=1" and h[0]["candidates"] == 4
     # the screen's Figure 4 and a-b fit never mix in full-length FIDs
     assert set(fit.ab_candidates(trials)["value"]) <= {f for _, f in SCREEN_K4} | {SCREEN_UNIFORM}
+
+
+def test_a_kid_study_is_tabled_and_fitted_by_fid():
+    from analysis.fidelity import fidelity_table
+
+    trials = trials_frame(confirm_study(objective="kid"))
+    rows = {r["config"]: r for r in fidelity_table(trials)["rows"]}
+    assert rows["K=4, a=0.7, b=1"]["screen_trial_fid"] == pytest.approx(28.2)  # its FID, not its KID
+    f = fit.fit_ab_relation(trials, quantile=0.5, k=4)
+    best_by_fid = sorted(SCREEN_K4, key=lambda af: af[1])[:f.n]
+    assert sorted(f.trial_numbers) == sorted(trials.set_index("fid").loc[[x for _, x in best_by_fid], "number"])
+    assert f.fid_threshold == pytest.approx(max(x for _, x in best_by_fid))  # the worst FID among them
 
 
 def test_noise_marks_and_replicate_band_on_the_screen():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -323,6 +324,10 @@ def test_screen_then_confirm_runs_each_configuration_at_full_length_on_fresh_see
     screen = [t for t in trials if t.user_attrs["fidelity"] == "screen"]
     full = [t for t in trials if t.user_attrs["fidelity"] == "full"]
     assert len(screen) == 3 and len(full) == 3 * 2
+    # the end-of-study table states both lengths: the headline's (full) and the screen's
+    full_iterations = get_preset("tiny").at_length("full").config("sfd").iterations
+    assert re.search(rf"│ training\s+│ length full, iterations {full_iterations},", res.stdout)
+    assert re.search(r"│ screen training\s+│ length screen, iterations 2,", res.stdout)  # FAST's --iterations
     assert all(t.state == TrialState.COMPLETE for t in trials)
     full_iterations = get_preset("tiny").at_length("full").config("sfd").iterations
     for t in full:
