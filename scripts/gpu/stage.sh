@@ -5,13 +5,14 @@
 # in /tmp/bd, which survives between calls while the machine stays warm. Each asset is checked against its
 # checksum and unpacked as soon as its own parts are there: p1 the data (a teacher can train), p2 the wheels
 # (installed into /tmp/site where the machine lacks the package), p3.. the Inception (FID).
-# It exports the variables the project reads and prints what is ready.
+# It exports the variables the project reads and prints what is ready. Source it as a command of its own
+# (`source scripts/gpu/stage.sh;`), never in a pipeline: a pipeline runs it in a subshell and the exports are lost.
 S=/tmp/bd
 mkdir -p $S/parts $S/cache $S/data $S/assets
 for f in .gpu/p*/*; do
   case $(basename "$f") in data.tar) [ -f $S/data.done ] && continue;; whl.tar) [ -f $S/whl.done ] && continue;;
     inception.pt.*) [ -f $S/assets/inception.pt ] && continue;; esac
-  [ -f "$f" ] && cp -n "$f" $S/parts/
+  [ -f "$f" ] && [ ! -e "$S/parts/$(basename "$f")" ] && cp "$f" $S/parts/
 done
 for f in SHA256SUMS pieces; do [ -f .gpu/$f ] && cp .gpu/$f $S/$f; done
 _stage_sum() { grep " $1\$" $S/SHA256SUMS 2>/dev/null | cut -d' ' -f1; }

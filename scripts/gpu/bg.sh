@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Long GPU jobs that outlive one device call (each call is at most 10 minutes; the machine stays while calls follow
+# each other within its idle time):
+#   bash scripts/gpu/bg.sh start NAME CMD...   start CMD in its own session (setsid), output in /tmp/bd/NAME.log
+#   bash scripts/gpu/bg.sh wait NAME SECONDS   wait until NAME ends or SECONDS pass; print its log's tail
+#   bash scripts/gpu/bg.sh status NAME         running or ended (with its exit status) and the log's tail
+# The job is tracked by its pid file, not by matching command lines (a wait loop that matches a string which its
+# own command line contains waits forever). Source scripts/gpu/stage.sh first so the job inherits its exports.
+set -uo pipefail
+D=/tmp/bd/jobs
+mkdir -p $D
+verb=${1:?start, wait or status}; name=${2:?job name}; shift 2
+alive() { [ -f $D/$name.pid ] && kill -0 "$(cat $D/$name.pid)" 2>/dev/null; }
+show() { if alive; then echo "$name: running (pid $(cat $D/$name.pid))"; else echo "$name: ended, exit $(cat $D/$name.rc 2>/dev/null || echo '?')"; fi
+         tail -n "${TAIL:-5}" $D/$name.log 2>/dev/null; }
+case $verb in
+  start)
+    if alive; then echo "$name is already running (pid $(cat $D/$name.pid))"; exit 1; fi
+    rm -f $D/$name.rc
+    setsid bash -c '"$@"; echo $? > '"$D/$name.rc" _ "$@" > $D/$name.log 2>&1 < /dev/null &
+    echo $! > $D/$name.pid
+    echo "$name: started (pid $!, log $D/$name.log)";;
+  wait)
+    end=$(( $(date +%s) + ${1:?seconds} ))
+    while alive && [ "$(date +%s)" -lt $end ]; do sleep 2; done
+    show;;
+  status) show;;
+  *) echo "unknown verb $verb: start, wait or status"; exit 2;;
+esac
