@@ -224,6 +224,7 @@ def train_teacher(
     data: ImageSet | None = None,
     time_budget_s: float | None = None,
     fast: bool | None = None,
+    log_every: int | None = None,
 ) -> Teacher:
     """Train the teacher of ``config``, resuming a partial run and returning a cached one at once.
 
@@ -232,8 +233,9 @@ def train_teacher(
 
     On CUDA the fast path runs unless ``fast`` is False (:func:`~bdense_core.fast.use_fast`): the loss and its
     gradient compiled (bf16, channels_last), a fused Adam, and the losses read from the device every
-    :data:`FAST_LOG_EVERY` steps (the NaN check, the history and ``callback`` then run for those steps at once)
-    instead of after every step. The random draws, the order of the data and the EMA are the same either way.
+    ``log_every`` steps (default :data:`FAST_LOG_EVERY` there, 1 on the eager path): the NaN check, the history and
+    ``callback`` then run for those steps at once, in step order, before any checkpoint. The random draws, the
+    order of the data and the EMA are the same either way.
     """
     device = best_device(str(device) if device else None)
     fast = use_fast(device, fast)
@@ -292,7 +294,7 @@ def train_teacher(
     net.train()
     loss_of = _TeacherLoss(net, bf16=config.amp)
     loss_of = compiled(loss_of) if fast else loss_of
-    every = FAST_LOG_EVERY if fast else 1
+    every = log_every or (FAST_LOG_EVERY if fast else 1)
     losses = torch.zeros(every, device=device)
     pending = 0  # steps whose losses are still on the device
 

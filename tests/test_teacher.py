@@ -119,3 +119,33 @@ def test_the_shipped_cpu_teacher_is_the_cpu_presets_teacher(tmp_path):
     teacher = get_teacher(cpu.teacher, cpu.teacher_file, "cpu", root=tmp_path)
     assert teacher.from_cache and teacher.key == cpu.teacher.key
     assert len(teacher.loss_history) == cpu.teacher.steps
+
+
+def test_losses_read_in_blocks_give_the_same_teacher_and_callbacks(tmp_path):
+    """The fast path reads losses every 100 steps; on the CPU the same block reading is asked for by log_every."""
+    cfg = replace(TINY, steps=20)
+    seen = {1: [], 7: []}
+    step_by_step = train_teacher(cfg, "cpu", root=tmp_path / "a", callback=lambda s, l: seen[1].append((s, l)))
+    in_blocks = train_teacher(cfg, "cpu", root=tmp_path / "b", log_every=7,
+                              callback=lambda s, l: seen[7].append((s, l)))
+    assert in_blocks.loss_history == step_by_step.loss_history and len(in_blocks.loss_history) == 20
+    assert seen[7] == seen[1] and [s for s, _ in seen[7]] == list(range(1, 21))
+    assert _same_weights(in_blocks, step_by_step)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, loss):
+        if step == 15:
+            raise Stop
+
+    with pytest.raises(Stop):  # step 15 is delivered with the block read at step 17, before the step-20 checkpoint
+        train_teacher(cfg, "cpu", root=tmp_path / "c", log_every=7, checkpoint_every=10, callback=interrupt)
+    resumed = train_teacher(cfg, "cpu", root=tmp_path / "c", log_every=7, checkpoint_every=10)
+    assert resumed.loss_history == step_by_step.loss_history  # resumed from step 10's checkpoint
+
+
+def test_a_diverging_teacher_names_the_step_when_losses_are_read_in_blocks(tmp_path):
+    cfg = replace(TINY, steps=12, lr=1e12, warmup_steps=1)
+    with pytest.raises(FloatingPointError, match=r"teacher loss became nan at step \d+; lower the teacher lr"):
+        train_teacher(cfg, "cpu", root=tmp_path, log_every=5)
