@@ -117,10 +117,11 @@ def _by(df: pd.DataFrame) -> str:
     return "fid" if "fid" in df and df["fid"].notna().all() else "value"
 
 
-def top_quantile(candidates: pd.DataFrame, quantile: float, min_points: int = 3) -> pd.DataFrame:
-    """The best ``ceil(quantile * n)`` rows by FID (at least ``min_points``, at most all)."""
+def top_quantile(candidates: pd.DataFrame, quantile: float, min_points: int = 3, by: str | None = None) -> pd.DataFrame:
+    """The best ``ceil(quantile * n)`` rows by FID (at least ``min_points``, at most all); ``by``: the column
+    to rank by (default: :func:`_by` of ``candidates``)."""
     n_top = max(min_points, math.ceil(quantile * len(candidates)))
-    return candidates.sort_values([_by(candidates), "number"], kind="stable").head(n_top)
+    return candidates.sort_values([by or _by(candidates), "number"], kind="stable").head(n_top)
 
 
 def fit_ab_relation(trials: pd.DataFrame, quantile: float = 0.25, form: str = "log-linear",
@@ -150,7 +151,8 @@ def fit_ab_relation(trials: pd.DataFrame, quantile: float = 0.25, form: str = "l
         where = f" with K={k}" if k is not None else " with K>1"
         raise ABFitError(f"the a-b fit needs at least {min_points} completed trials{where} and an (a, b) schedule; "
                          f"found {len(cands)}")
-    top = top_quantile(cands, quantile, min_points)
+    by = _by(cands)  # one column for the ranking and the threshold
+    top = top_quantile(cands, quantile, min_points, by)
     a = top["a_eff"].astype(float).to_numpy()
     b = top["b_eff"].astype(float).to_numpy()
     if np.ptp(a) <= 1e-12:
@@ -167,5 +169,5 @@ def fit_ab_relation(trials: pd.DataFrame, quantile: float = 0.25, form: str = "l
     return ABFit(form=form, c0=float(c0), c1=float(c1), r2=float(r2), n=len(top), n_candidates=len(cands),
                  quantile=float(quantile), K=int(k) if k is not None else None,
                  nfe=int(nfe_used) if nfe_used is not None else None,
-                 fid_threshold=float(top[_by(top)].max()), a_min=float(a.min()), a_max=float(a.max()),
+                 fid_threshold=float(top[by].max()), a_min=float(a.min()), a_max=float(a.max()),
                  c1_se=se, trial_numbers=tuple(int(n) for n in top["number"]))

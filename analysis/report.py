@@ -381,7 +381,7 @@ def _fidelity_lines(s: dict[str, Any]) -> list[str]:
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in ft["rows"]:
         sc, fu = r["screen"], r["full"]
-        rank = r["confirm_rank"] if r["confirm_rank"] else ("baseline" if r["confirm_rank"] == 0 else "n/a")
+        rank = {None: "n/a", 0: "baseline"}.get(r["confirm_rank"], r["confirm_rank"])
         lines.append(f"| {r['config']} | {rank} | {', '.join(str(t) for t in r['screen_trials']) or 'n/a'} | "
                      f"{_fmt(r['screen_trial_fid'])} | {_mean_sd(sc) if sc else 'n/a'} | {_seeds(sc)} | "
                      f"{_mean_sd(fu)} | {_seeds(fu)} |")

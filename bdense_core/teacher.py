@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .data import DataConfig, ImageSet, load_images
 from .edm import SOLVERS, EDMConstants, EDMPrecond, edm_loss_draws, edm_loss_from, karras_sigmas, solve
@@ -197,13 +198,6 @@ class _TeacherLoss(torch.nn.Module):
             return edm_loss_from(self.net, x, rnd, unit_noise)
 
 
-def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], weight: float) -> None:
-    """``ema += weight * (param - ema)`` for every parameter, as torch.optim.swa_utils' EMA does it."""
-    from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-    get_ema_multi_avg_fn(1 - weight)(ema_params, params, None)
-
-
 def _fresh_training_state(config: TeacherConfig, device: torch.device, fast: bool):
     """The network at its seed's initial weights, its EMA copy and a new Adam (fused on the fast path)."""
     net = build_denoiser(config.unet, config.seed).to(device)
@@ -294,6 +288,7 @@ def train_teacher(
     net.train()
     loss_of = _TeacherLoss(net, bf16=config.amp)
     loss_of = compiled(loss_of) if fast else loss_of
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
     every = log_every or (FAST_LOG_EVERY if fast else 1)
     losses = torch.zeros(every, device=device)
     pending = 0  # steps whose losses are still on the device
@@ -327,8 +322,8 @@ def train_teacher(
         loss.backward()
         opt.step()
         decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            ema_update(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        with torch.no_grad():  # ema = decay * ema + (1 - decay) * param, one foreach kernel per dtype
+            get_ema_multi_avg_fn(decay)(ema_params, net_params, None)
         losses[pending].copy_(loss.detach())
         step += 1
         pending += 1
