@@ -37,6 +37,7 @@ class TeacherConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
+    lr_rampdown: float = 0.0  # the last fraction of the steps over which the lr falls linearly towards 0
     ema_decay: float = 0.999
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
@@ -54,6 +55,8 @@ class TeacherConfig:
             raise ValueError(f"teacher lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.lr_rampdown < 1.0:
+            raise ValueError(f"lr_rampdown must be in [0, 1), got {self.lr_rampdown}")
         if self.sampler not in SOLVERS:
             raise ValueError(f"unknown solver {self.sampler!r}; choose one of {', '.join(SOLVERS)}")
         if not 0 < self.sigma_min < self.sigma_max:
@@ -61,7 +64,19 @@ class TeacherConfig:
 
     @property
     def key(self) -> str:
-        return stable_hash(self)
+        # a field added after teachers were shipped leaves their keys alone while it is at its default
+        d = to_jsonable(self)
+        if d["lr_rampdown"] == 0.0:
+            del d["lr_rampdown"]
+        return stable_hash(d)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): linear warm-up, constant, then the linear ramp-down."""
+        lr = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        ramp = round(self.lr_rampdown * self.steps)
+        if ramp and step >= self.steps - ramp:
+            lr *= (self.steps - step) / (ramp + 1)
+        return lr
 
 
 class TeacherFileError(ValueError):
@@ -230,9 +245,16 @@ def train_teacher(
     ``log_every`` steps (default :data:`FAST_LOG_EVERY` there, 1 on the eager path): the NaN check, the history and
     ``callback`` then run for those steps at once, in step order, before any checkpoint. The random draws, the
     order of the data and the EMA are the same either way.
+
+    Data-parallel: called in every process of an initialised ``torch.distributed`` group (one per GPU, e.g.
+    under ``torchrun``), each process draws the same global batch of ``config.batch_size`` and trains on its
+    own slice; the gradients are averaged over the processes before each step, so the run is the
+    single-process run at the same global batch (up to the order of floating-point sums), only faster. Rank 0
+    writes the checkpoints and the cached teacher; a time budget pauses all processes at the same step.
     """
     device = best_device(str(device) if device else None)
     fast = use_fast(device, fast)
+    world, rank = _data_parallel(config)
     final = teacher_cache_file(config, root)
     folder = final.parent
     if final.exists():
@@ -240,16 +262,21 @@ def train_teacher(
             teacher = load_teacher(final, device)
         except TeacherFileError as e:
             print(f"cached teacher {final} is unusable ({e}); training it again", file=sys.stderr, flush=True)
-            final.unlink()
+            _barrier(world)
+            if rank == 0:
+                final.unlink()
         else:
             if teacher.key == config.key:
                 teacher.from_cache = True
                 return teacher
             print(f"cached teacher {final} holds teacher {teacher.key}, not {config.key}; training it again",
                   file=sys.stderr, flush=True)
-            final.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
+            _barrier(world)
+            if rank == 0:
+                final.unlink()
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
     data = data if data is not None else load_images(config.data)
     _check_shapes(config, data)
     images = data.images.to(device)
@@ -269,7 +296,9 @@ def train_teacher(
         except Exception as e:  # noqa: BLE001 - a broken checkpoint only costs the steps it held
             print(f"teacher checkpoint {partial} is unreadable ({type(e).__name__}); starting from step 0",
                   file=sys.stderr, flush=True)
-            partial.unlink()
+            _barrier(world)
+            if rank == 0:
+                partial.unlink()
             net, ema, opt = _fresh_training_state(config, device, fast)
             g = generator(config.seed, device)
 
@@ -278,6 +307,8 @@ def train_teacher(
     start = call_start - elapsed
 
     def save_checkpoint():
+        if rank != 0:
+            return
         state = dict(
             net=net.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
             step=step, history=history, elapsed=time.perf_counter() - start,
@@ -292,10 +323,15 @@ def train_teacher(
     every = log_every or (FAST_LOG_EVERY if fast else 1)
     losses = torch.zeros(every, device=device)
     pending = 0  # steps whose losses are still on the device
+    share = config.batch_size // world  # this process's slice of the global batch
+    mine = slice(rank * share, (rank + 1) * share)
 
     def deliver() -> None:
         """Read the pending losses (one sync), check them, record them, call back."""
         nonlocal pending
+        if world > 1:  # the global batch's loss: the mean of the processes' slices
+            torch.distributed.all_reduce(losses[:pending])
+            losses[:pending] /= world
         values = losses[:pending].tolist()
         first = step - pending
         pending = 0
@@ -313,13 +349,17 @@ def train_teacher(
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
         x = images[idx].float() / 127.5 - 1
         for group in opt.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            group["lr"] = config.lr_at(step)
         rnd, unit_noise = edm_loss_draws(x, g)
+        if world > 1:
+            x, rnd, unit_noise = x[mine], rnd[mine], unit_noise[mine]
         if fast:
             new_step()
         loss = loss_of(x, rnd, unit_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(net_params, world)
         opt.step()
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():  # ema = decay * ema + (1 - decay) * param, one foreach kernel per dtype
@@ -332,7 +372,8 @@ def train_teacher(
         if step % checkpoint_every == 0 and step < config.steps:
             deliver()
             save_checkpoint()
-        if time_budget_s is not None and time.perf_counter() - call_start > time_budget_s and step < config.steps:
+        if time_budget_s is not None and step < config.steps and _out_of_time(
+                time.perf_counter() - call_start > time_budget_s, world, device, every, step):
             deliver()
             save_checkpoint()
             if bar is not None:
@@ -341,9 +382,48 @@ def train_teacher(
     if bar is not None:
         bar.close()
     teacher = Teacher(ema, config, config.key, history, time.perf_counter() - start)
-    save_teacher(teacher, final, half=False)
-    partial.unlink(missing_ok=True)
+    if rank == 0:
+        save_teacher(teacher, final, half=False)
+        partial.unlink(missing_ok=True)
+    _barrier(world)
     return teacher
+
+
+def _data_parallel(config: TeacherConfig) -> tuple[int, int]:
+    """(world size, rank) of the initialised ``torch.distributed`` group, else (1, 0); the batch must split evenly."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if config.batch_size % world:
+        raise ValueError(f"the teacher's batch of {config.batch_size} does not split over {world} processes; "
+                         f"use a batch size divisible by {world}")
+    return world, rank
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Every process's gradients replaced by their mean over the processes (one all-reduce per tensor)."""
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
+def _out_of_time(mine: bool, world: int, device: torch.device, every: int, step: int) -> bool:
+    """Whether to pause now: at once alone; with several processes all at the same step, once any is out of time
+    (they agree at the steps where the losses are read, so that no process waits for a step another never takes)."""
+    if world == 1:
+        return mine
+    if step % every:
+        return False
+    flag = torch.tensor([float(mine)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def get_teacher(

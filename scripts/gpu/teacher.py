@@ -3,6 +3,11 @@
     source scripts/gpu/stage.sh
     python scripts/gpu/teacher.py --preset fmnist-gpu --budget-s 480 --out "$OUT"
 
+On several GPUs, start it with torchrun, one process a GPU (data-parallel; the preset's batch is the global
+batch, split evenly; rank 0 writes the checkpoint and the teacher and scores it alone):
+
+    torchrun --standalone --nproc_per_node 4 scripts/gpu/teacher.py --preset fmnist-gpu --budget-s 1200 --out "$OUT"
+
 Call it again to resume where the budget stopped it (the checkpoint sits in $BDENSE_CACHE_DIR). When the
 teacher is complete it is saved in fp16 to OUT/teacher-<preset>.pt and scored: FID/KID of
 ``preset.fid_samples`` samples from its own sampler against ``preset.fid_reference`` training images,
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,14 +49,22 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     preset = get_preset(args.preset)
-    device = best_device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: one process a GPU
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", local))
+        device = torch.device("cuda", local)
+    else:
+        device = best_device(args.device)
+    rank = torch.distributed.get_rank() if world > 1 else 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     last = [t0, 0]
 
     def report(step: int, loss: float) -> None:
-        if step % 1000 == 0:
+        if step % 1000 == 0 and rank == 0:
             now = time.perf_counter()
             rate = (step - last[1]) / (now - last[0]) if last[1] else float("nan")
             print(f"teacher step {step}/{preset.teacher.steps}: loss {loss:.4f}, {rate:.1f} steps/s "
@@ -61,7 +75,13 @@ def main(argv=None) -> int:
         teacher = train_teacher(preset.teacher, device, time_budget_s=args.budget_s, callback=report)
     except TrainingPaused as e:
         rate = e.step * preset.teacher.batch_size / (time.perf_counter() - t0)
-        print(f"teacher: {e} (about {rate:,.0f} images/s incl. start-up)")
+        if rank == 0:
+            print(f"teacher: {e} (about {rate:,.0f} images/s incl. start-up)")
+        return 0
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    if rank != 0:
         return 0
     print(f"teacher {teacher.key}: {'cached' if teacher.from_cache else 'trained'}, "
           f"{len(teacher.loss_history)} steps in {teacher.wall_time_s:.0f} s of training "
@@ -81,7 +101,8 @@ def main(argv=None) -> int:
     eager = evaluate(teacher, evaluator, preset.fid_samples, seed=2024, batch_size=preset.eval_batch, fast=False)
     c = preset.teacher
     record = dict(
-        preset=preset.name, key=teacher.key, steps=c.steps, batch_size=c.batch_size,
+        preset=preset.name, key=teacher.key, steps=c.steps, batch_size=c.batch_size, gpus=world,
+        lr=c.lr, warmup_steps=c.warmup_steps, lr_rampdown=c.lr_rampdown, ema_decay=c.ema_decay,
         params=sum(p.numel() for p in teacher.denoiser.parameters()), train_s=teacher.wall_time_s,
         sampler=c.sampler, sampler_steps=c.sampler_steps, nfe=nfe(c.sampler, c.sampler_steps),
         fid=scores["fid"], kid=scores["kid"], fid_samples=preset.fid_samples, fid_reference=preset.fid_reference,
