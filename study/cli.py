@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run folder for the default stores and caches; default: ${RUNS_DIR_ENV} or ./runs")
     g.add_argument("--mlflow-uri", default=None, metavar="URI",
                    help="MLflow tracking URI; default: sqlite:///<runs-dir>/mlflow.db (artifacts in <runs-dir>/mlartifacts)")
+    g.add_argument("--teacher-file", default=None, metavar="PATH",
+                   help="a teacher file (save_teacher's format, e.g. scripts/gpu/teacher.py's) to distil from instead "
+                        "of the preset's shipped teacher; it must be trained on the preset's data")
     g.add_argument("--train-teacher", action="store_true",
                    help="train the preset's teacher here when its shipped file is missing or damaged (else: an error "
                         "naming the fix)")

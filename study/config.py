@@ -152,6 +152,21 @@ class StudyConfig:
 
 
 # -- resolution --------------------------------------------------------------------------------------------
+def _with_teacher_file(preset: Preset, path: str) -> Preset:
+    """``preset`` with the teacher in ``path`` (a file written by save_teacher) in place of its shipped one."""
+    from bdense_core.teacher import TeacherFileError, load_teacher
+
+    try:
+        teacher = load_teacher(path, "cpu")
+    except (FileNotFoundError, TeacherFileError) as e:
+        raise UsageError(f"--teacher-file: {e}") from None
+    if teacher.config.data != preset.teacher.data:
+        raise UsageError(f"--teacher-file {path} was trained on other data than preset {preset.name}'s "
+                         f"({teacher.config.data} vs {preset.teacher.data}); pass a teacher of the preset's data or "
+                         f"another --preset")
+    return replace(preset, teacher=teacher.config, teacher_file=str(Path(path).resolve()))
+
+
 def _k_choices(tokens: list[str] | None, preset: Preset, framework: str) -> tuple[int, ...]:
     fw = get_framework(framework)
     if tokens is None:
@@ -264,6 +279,8 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
     b_range = _range("--b-range", args.b_range, positive=True)
     w_range = _range("--w-range", args.w_range, positive=True)
 
+    if args.teacher_file is not None:
+        preset = _with_teacher_file(preset, args.teacher_file)
     if args.fid_samples is not None:
         preset = replace(preset, fid_samples=args.fid_samples)
     if args.bank_size is not None:

@@ -163,7 +163,7 @@ def open_study(config: StudyConfig, storage, teacher):
         study.set_metric_names([config.objective.upper()])
     if study.user_attrs.get(c.STUDY_TEACHER_KEY, teacher.key) != teacher.key:
         raise UsageError(f"study {config.study_name!r} used teacher {study.user_attrs[c.STUDY_TEACHER_KEY]}, this "
-                         f"preset gives {teacher.key}; use a new --study-name")
+                         f"command's is {teacher.key}; use a new --study-name")
     return study
 
 

@@ -40,3 +40,44 @@ def test_objective_noise_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert noise.main(["--preset", "nope", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown preset 'nope'") and err.count("\n") == 1
+
+
+def test_a_checkpoint_pulled_in_pieces_is_staged_back_once_all_pieces_are_there(tmp_path):
+    """bg.sh pull splits a large file for $OUT; stage.sh, fed its pieces over two calls, rebuilds it (checksum
+    checked) as the teacher's checkpoint in the cache, and drops a set whose checksum fails."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    work, out, stage = tmp_path / "work", tmp_path / "out", tmp_path / "stage"
+    for d in (work / "scripts" / "gpu", out):
+        d.mkdir(parents=True)
+    for name in ("bg.sh", "stage.sh"):
+        (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
+    ckpt = work / "checkpoint.pt"
+    ckpt.write_bytes(os.urandom(32_000_000))
+    (work / "config.json").write_text("{}")
+    env = {**os.environ, "OUT": str(out), "BDENSE_STAGE_DIR": str(stage)}
+    run = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, check=True).stdout  # noqa: E731
+    run("bash scripts/gpu/bg.sh pull checkpoint.pt config.json missing.pt")
+    pieces = sorted(p.name for p in out.glob("checkpoint.pt.part.*"))
+    assert pieces == ["checkpoint.pt.part.aa", "checkpoint.pt.part.ab", "checkpoint.pt.part.ac"]
+    assert (out / "checkpoint.pt.npieces").read_text().strip() == "3" and not (out / "missing.pt").exists()
+
+    carried = work / ".gpu" / "teacher-abc"
+    carried.mkdir(parents=True)
+    for f in out.iterdir():
+        if f.name != "checkpoint.pt.part.ac":  # the first call carries all but one piece
+            (carried / f.name).write_bytes(f.read_bytes())
+    assert "checkpoint: 2 of 3 pieces" in run("source scripts/gpu/stage.sh")
+    (carried / "checkpoint.pt.part.ac").write_bytes((out / "checkpoint.pt.part.ac").read_bytes())
+    assert "checkpoint is in the cache" in run("source scripts/gpu/stage.sh")
+    assert (stage / "cache" / "teachers" / "abc" / "checkpoint.pt").read_bytes() == ckpt.read_bytes()
+
+    bad = work / ".gpu" / "teacher-bad"
+    bad.mkdir()
+    for f in carried.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "checkpoint.pt.part.ab").write_bytes(os.urandom(10))
+    assert "fails its checksum" in run("source scripts/gpu/stage.sh")
+    assert not (stage / "cache" / "teachers" / "bad").exists()

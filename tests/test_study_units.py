@@ -152,3 +152,24 @@ def test_sample_grids_are_greyscale_for_one_channel_and_keep_the_pixels(tmp_path
     assert grey[2, 2] == 0 and grey[-3, -3] == 255 and grey[0, 0] == 255  # darkest, brightest, padding
     colour = Image.open(save_sample_grid(images.repeat(1, 3, 1, 1), tmp_path / "c.png", nrow=2))
     assert colour.mode == "RGB" and np.array_equal(np.asarray(colour)[..., 0], grey)
+
+
+def test_a_teacher_file_replaces_the_presets_teacher(runs, tmp_path):
+    from dataclasses import replace
+
+    from bdense_core.presets import get_preset
+    from bdense_core.teacher import save_teacher, train_teacher
+
+    tiny = get_preset("tiny").teacher
+    mine = replace(tiny, steps=3, lr=1e-3)
+    path = save_teacher(train_teacher(mine, "cpu", root=tmp_path / "cache"), tmp_path / "mine.pt")
+    cfg = parse_config(["--preset", "tiny", "--teacher-file", str(path)])
+    assert cfg.preset.teacher == mine and cfg.preset.teacher.key != tiny.key
+    assert cfg.preset.teacher_file == str(path.resolve()) and cfg.preset.data == tiny.data
+
+    other = replace(mine, data=replace(tiny.data, n_images=256))
+    elsewhere = save_teacher(train_teacher(other, "cpu", root=tmp_path / "cache"), tmp_path / "other.pt")
+    with pytest.raises(UsageError, match="trained on other data than preset tiny's"):
+        parse_config(["--preset", "tiny", "--teacher-file", str(elsewhere)])
+    with pytest.raises(UsageError, match="--teacher-file: teacher checkpoint .* not found"):
+        parse_config(["--preset", "tiny", "--teacher-file", str(tmp_path / "none.pt")])

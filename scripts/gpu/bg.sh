@@ -4,12 +4,29 @@
 #   bash scripts/gpu/bg.sh start NAME CMD...   start CMD in its own session (setsid), output in /tmp/bd/NAME.log
 #   bash scripts/gpu/bg.sh wait NAME SECONDS   wait until NAME ends or SECONDS pass; print its log's tail
 #   bash scripts/gpu/bg.sh status NAME         running or ended (with its exit status) and the log's tail
+#   bash scripts/gpu/bg.sh pull FILE...        copy FILEs that exist into $OUT (over 15 MB: 15 MB pieces FILE.part.*)
+# End every call that waits on a job with a pull of what the job has finished: the machine, /tmp/bd with it, goes
+# back 30 s after a call unless the next one comes, and only $OUT comes back. A teacher's training checkpoint:
+#   pull /tmp/bd/cache/teachers/*/checkpoint.pt /tmp/bd/cache/teachers/*/config.json
+# brings back what scripts/gpu/stage.sh turns into that checkpoint again (see there: .gpu/teacher-KEY/).
 # The job is tracked by its pid file, not by matching command lines (a wait loop that matches a string which its
 # own command line contains waits forever). Source scripts/gpu/stage.sh first so the job inherits its exports.
 set -uo pipefail
 D=/tmp/bd/jobs
 mkdir -p $D
-verb=${1:?start, wait or status}; name=${2:?job name}; shift 2
+verb=${1:?start, wait, status or pull}
+if [ "$verb" = pull ]; then
+  shift
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    if [ "$(stat -c %s "$f")" -gt 15000000 ]; then
+      split -b 15m "$f" "$OUT/$(basename "$f").part." && sha256sum "$f" | sed "s#  .*#  $(basename "$f")#" > "$OUT/$(basename "$f").sha256"
+      echo "$(ls "$OUT/$(basename "$f")".part.* | wc -l)" > "$OUT/$(basename "$f").npieces"
+    else cp "$f" "$OUT/"; fi
+  done
+  ls -la "$OUT"; exit 0
+fi
+name=${2:?job name}; shift 2
 alive() { [ -f $D/$name.pid ] && kill -0 "$(cat $D/$name.pid)" 2>/dev/null; }
 show() { if alive; then echo "$name: running (pid $(cat $D/$name.pid))"; else echo "$name: ended, exit $(cat $D/$name.rc 2>/dev/null || echo '?')"; fi
          tail -n "${TAIL:-5}" $D/$name.log 2>/dev/null; }
@@ -25,5 +42,5 @@ case $verb in
     while alive && [ "$(date +%s)" -lt $end ]; do sleep 2; done
     show;;
   status) show;;
-  *) echo "unknown verb $verb: start, wait or status"; exit 2;;
+  *) echo "unknown verb $verb: start, wait, status or pull"; exit 2;;
 esac

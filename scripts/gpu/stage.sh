@@ -7,7 +7,7 @@
 # (installed into /tmp/site where the machine lacks the package), p3.. the Inception (FID).
 # It exports the variables the project reads and prints what is ready. Source it as a command of its own
 # (`source scripts/gpu/stage.sh;`), never in a pipeline: a pipeline runs it in a subshell and the exports are lost.
-S=/tmp/bd
+S=${BDENSE_STAGE_DIR:-/tmp/bd}  # where the parts collect and unpack (a test points it elsewhere)
 mkdir -p $S/parts $S/cache $S/data $S/assets
 for f in .gpu/p*/*; do
   case $(basename "$f") in data.tar) [ -f $S/data.done ] && continue;; whl.tar) [ -f $S/whl.done ] && continue;;
@@ -42,6 +42,24 @@ if [ -f $S/whl.done ] && [ ! -f $S/wheels.done ]; then
     && touch $S/wheels.done; fi
   echo "stage: installed ${#missing[@]} wheels into /tmp/site"
 fi
+# A teacher's training checkpoint brought back by `bg.sh pull` (.gpu/teacher-KEY/: checkpoint.pt.part.*, checkpoint.pt.npieces,
+# checkpoint.pt.sha256, config.json; carry its pieces over as many calls as the size limit needs): once all pieces are
+# here and the checksum holds, it becomes KEY's checkpoint in the cache, where train_teacher resumes it.
+for d in .gpu/teacher-*/; do
+  [ -d "$d" ] || continue
+  key=$(basename "$d"); key=${key#teacher-}; dest=$S/cache/teachers/$key
+  [ -f $dest/teacher.pt ] || [ -f $dest/checkpoint.pt ] && continue
+  mkdir -p $S/parts/teacher-$key
+  cp "$d"/checkpoint.pt.part.* "$d"/checkpoint.pt.npieces "$d"/checkpoint.pt.sha256 "$d"/config.json $S/parts/teacher-$key/ 2>/dev/null
+  have=$(ls $S/parts/teacher-$key/ | grep -c '^checkpoint\.pt\.part\.[a-z]*$')
+  if [ "$have" -eq "$(cat $S/parts/teacher-$key/checkpoint.pt.npieces 2>/dev/null || echo 0)" ]; then
+    cat $S/parts/teacher-$key/checkpoint.pt.part.* > $S/ckpt.tmp
+    if [ "$(sha256sum $S/ckpt.tmp | cut -d' ' -f1)" = "$(cut -d' ' -f1 $S/parts/teacher-$key/checkpoint.pt.sha256)" ]; then
+      mkdir -p $dest && cp $S/parts/teacher-$key/config.json $dest/ && mv $S/ckpt.tmp $dest/checkpoint.pt \
+        && rm -rf $S/parts/teacher-$key && echo "stage: teacher $key's checkpoint is in the cache (training resumes there)"
+    else echo "stage: teacher $key's checkpoint fails its checksum; pieces dropped"; rm -rf $S/parts/teacher-$key $S/ckpt.tmp; fi
+  else echo "stage: teacher $key's checkpoint: $have of $(cat $S/parts/teacher-$key/checkpoint.pt.npieces) pieces"; fi
+done
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DIR=$S/assets/fmnist
 [ -f $S/assets/inception.pt ] && export BDENSE_INCEPTION=$S/assets/inception.pt

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bdense_core.edm import nfe  # noqa: E402
 from bdense_core.evaluate import evaluate, make_evaluator  # noqa: E402
 from bdense_core.fid import InceptionNotFound, find_inception  # noqa: E402
-from bdense_core.presets import get_preset  # noqa: E402
+from bdense_core.presets import CANDIDATE_TEACHERS, get_preset  # noqa: E402
 from bdense_core.runtime import best_device  # noqa: E402
 from bdense_core.teacher import TrainingPaused, save_teacher, train_teacher  # noqa: E402
 
@@ -44,11 +45,17 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=480.0, help="stop and checkpoint after this long")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default=None)
+    p.add_argument("--candidate", action="store_true",
+                   help="train the preset's candidate teacher (presets.CANDIDATE_TEACHERS), not its shipped one's config")
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     preset = get_preset(args.preset)
+    if args.candidate:
+        if preset.name not in CANDIDATE_TEACHERS:
+            p.error(f"preset {preset.name} has no candidate teacher (presets.CANDIDATE_TEACHERS)")
+        preset = replace(preset, teacher=CANDIDATE_TEACHERS[preset.name])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun: one process a GPU
         local = int(os.environ["LOCAL_RANK"])
