@@ -103,11 +103,11 @@ def step_time(teacher, configs, bank, head=None) -> float:
     return (stamps[last] - stamps[first]) / (last - first)
 
 
-def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: Path) -> dict:
+def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: Path, name: str | None = None) -> dict:
     """Run a short real study with ``workers`` processes and ``workers * trials`` trials; its trial rate."""
     import optuna
 
-    name = f"bench-tph-w{workers}"
+    name = name or f"bench-tph-w{workers}"
     storage = f"journal:{runs_dir / (name + '.journal')}"
     cmd = [sys.executable, str(ROOT / "study" / "run.py"), "--study-name", name, "--storage", storage,
            "--runs-dir", str(runs_dir), "--n-trials", str(workers * trials), "--workers", str(workers),

@@ -1,0 +1,76 @@
+"""Whole study trials per hour for several worker and device setups, measured one after another in one run.
+
+    python benchmarks/bench_trials.py --setup 1:cuda:0 --setup 2:cuda:0,cuda:1 --trials 6 \
+        -- --preset fmnist-gpu --length full                  # 2 GPUs against 1 (issue 14: goal x1.8)
+    python benchmarks/bench_trials.py --setup 1:cuda:0 --setup 2:cuda:0,cuda:0 -- --preset fmnist-gpu --length full
+                                                                 # two workers sharing one GPU against one
+
+Each setup is WORKERS:DEVICES (study/run.py's --workers and --devices): a short real study of WORKERS x --trials
+trials (--pruner none; distil, 10k-sample FID, tracking) in one scratch run folder. A warm-up study of one trial
+with the same options runs first and fills what every setup then reads from the cache: the teacher, the
+trajectory bank (every trial has seed 0: one bank), the FID reference statistics and the compiled kernels. Rate:
+completed trials over the span from the first trial's start to the last one's end (process start-up and loading
+reported apart); ratios are against the first setup, measured in the same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_core import trials_per_hour  # noqa: E402
+
+
+def _setup(text: str) -> tuple[int, str]:
+    workers, _, devices = text.partition(":")
+    try:
+        n = int(workers)
+    except ValueError:
+        n = 0
+    if n < 1 or not devices:
+        raise argparse.ArgumentTypeError(f"a setup is WORKERS:DEVICES, e.g. 2:cuda:0,cuda:1; got {text!r}")
+    return n, devices
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setup", type=_setup, action="append", required=True, metavar="WORKERS:DEVICES")
+    p.add_argument("--trials", type=int, default=4, metavar="N", help="trials per worker in each setup")
+    p.add_argument("--runs-dir", default=None, help="scratch run folder (default: a temporary one)")
+    p.add_argument("--out", default=None, help="write the numbers as JSON here too")
+    p.add_argument("study_args", nargs=argparse.REMAINDER, help="-- then study/run.py options shared by every setup")
+    args = p.parse_args(argv)
+    study_args = [a for a in args.study_args if a != "--"]
+    if args.trials < 1:
+        p.error("--trials must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="bdense-trials-") as tmp:
+        runs = Path(args.runs_dir or tmp)
+        t0 = time.perf_counter()
+        warm = trials_per_hour(1, 1, study_args + ["--devices", args.setup[0][1].split(",")[0]], runs, "bench-warm-up")
+        warm_s = time.perf_counter() - t0
+        rows = []
+        for i, (workers, devices) in enumerate(args.setup):
+            r = trials_per_hour(workers, args.trials, study_args + ["--devices", devices], runs, f"bench-setup-{i}")
+            rows.append(dict(setup=f"{workers}:{devices}", **r))
+    first = rows[0]["trials_per_hour"]
+    print(f"warm-up (teacher, bank, FID statistics, compile caches): {warm_s:.0f} s, its trial {warm['mean_trial_s']:.0f} s")
+    print(f"study options: {shlex.join(study_args)}")
+    for r in rows:
+        print(f"{r['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each, "
+              f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / first:.2f} "
+              f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(warm_up_s=warm_s, study_args=study_args, setups=rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
