@@ -407,11 +407,14 @@ def _barrier(world: int) -> None:
 
 
 def _average_gradients(params: list[torch.Tensor], world: int) -> None:
-    """Every process's gradients replaced by their mean over the processes (one all-reduce per tensor)."""
-    for p in params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad.div_(world)
+    """Every process's gradients replaced by their mean over the processes: one all-reduce of all of them
+    flattened (a collective per tensor costs its latency about a hundred times a step)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat.div_(world)
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view(g.shape))
 
 
 def _out_of_time(mine: bool, world: int, device: torch.device, every: int, step: int) -> bool:
