@@ -116,6 +116,7 @@ def open_tracker(config: StudyConfig):
 
 def prepare_teacher(config: StudyConfig, device, announce: bool):
     """The preset's teacher: the shipped file, the cache, or a training run (announced)."""
+    from bdense_core.presets import TEACHERS
     from bdense_core.teacher import get_teacher, teacher_cache_file
 
     preset = config.preset
@@ -125,15 +126,20 @@ def prepare_teacher(config: StudyConfig, device, announce: bool):
     teacher = get_teacher(preset.teacher, preset.teacher_file, device, root=config.cache_root,
                           progress=announce and sys.stderr.isatty(), train=config.train_teacher)
     if announce:
-        how = "shipped with the repository" if preset.teacher_file and teacher.from_cache else (
+        shipped = preset.teacher_file and Path(preset.teacher_file).resolve().parent == TEACHERS.resolve()
+        how = ("shipped with the repository" if shipped else f"from {preset.teacher_file}") if (
+            preset.teacher_file and teacher.from_cache) else (
             "loaded from cache" if teacher.from_cache else f"trained in {teacher.wall_time_s:.0f} s")
         _note(f"teacher {teacher.key}: {how}")
     return teacher
 
 
 def check_resume(config: StudyConfig, storage) -> None:
-    """A study that exists must match this command's settings (checked before any teacher or tracking work)."""
+    """A study that exists must match this command's settings and teacher (checked before any teacher or tracking
+    work)."""
     import optuna
+
+    from study import contract as c
 
     try:
         study = optuna.load_study(study_name=config.study_name, storage=storage)
@@ -146,24 +152,23 @@ def check_resume(config: StudyConfig, storage) -> None:
                              f"it, but new trials need a new --study-name")
         return
     diff = [f"{k} {held[k]!r} (asked: {v!r})" for k, v in config.compatibility().items() if k in held and held[k] != v]
+    used = study.user_attrs.get(c.STUDY_TEACHER_KEY, config.preset.teacher.key)
+    if used != config.preset.teacher.key:
+        raise UsageError(f"study {config.study_name!r} used teacher {used}, this command's is "
+                         f"{config.preset.teacher.key}; use a new --study-name")
     if diff:
         raise UsageError(f"study {config.study_name!r} was run with other settings: {'; '.join(diff)}; "
                          f"use the same settings or a new --study-name")
 
 
-def open_study(config: StudyConfig, storage, teacher):
-    """Create or load the study (its settings were checked by :func:`check_resume`); the teacher must match."""
+def open_study(config: StudyConfig, storage):
+    """Create or load the study (its settings and teacher were checked by :func:`check_resume`)."""
     import optuna
-
-    from study import contract as c
 
     study = optuna.create_study(study_name=config.study_name, storage=storage, sampler=make_sampler(config),
                                 pruner=make_pruner(config), direction="minimize", load_if_exists=True)
     if not study.metric_names:  # optuna-dashboard's and trials_dataframe's name for the objective
         study.set_metric_names([config.objective.upper()])
-    if study.user_attrs.get(c.STUDY_TEACHER_KEY, teacher.key) != teacher.key:
-        raise UsageError(f"study {config.study_name!r} used teacher {study.user_attrs[c.STUDY_TEACHER_KEY]}, this "
-                         f"command's is {teacher.key}; use a new --study-name")
     return study
 
 
@@ -246,7 +251,7 @@ def run_study(config: StudyConfig) -> int:
     teacher = prepare_teacher(config, device, announce=True)
     storage, heartbeat = open_study_storage(config.storage_url, config.study_name,
                                             heartbeat_interval=config.heartbeat_interval)
-    study = open_study(config, storage, teacher)
+    study = open_study(config, storage)
 
     experiment_id = tracker.use_experiment(config.study_name)
     parent_run_id = tracker.parent_run(config.study_name, study.user_attrs.get("mlflow_parent_run_id"),

@@ -166,6 +166,22 @@ def test_resuming_with_other_settings_is_refused(first_study, cache_dir):
     assert proc.stderr.count("\n") == 1 and "other settings" in proc.stderr and "iterations" in proc.stderr
 
 
+def test_resuming_with_another_teacher_file_is_refused(first_study, cache_dir, tmp_path):
+    from dataclasses import replace
+
+    from bdense_core.presets import get_preset
+    from bdense_core.teacher import save_teacher, train_teacher
+
+    runs, _, _ = first_study
+    before = len(load(runs, NAME).get_trials())
+    other = train_teacher(replace(get_preset("tiny").teacher, steps=3), "cpu", root=tmp_path)
+    path = save_teacher(other, tmp_path / "other.pt")
+    proc = run_cli([*FAST, "--teacher-file", str(path), "--n-trials", "1", "--study-name", NAME], runs, cache_dir)
+    _check(proc, 2)
+    assert proc.stderr.count("\n") == 1 and f"this command's is {other.key}; use a new --study-name" in proc.stderr
+    assert len(load(runs, NAME).get_trials()) == before
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
 def test_mlflow_ui_serves_the_study(first_study):
