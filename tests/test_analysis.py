@@ -833,3 +833,37 @@ def test_settings_say_when_they_differ_and_pd_rounds():
     md = render_markdown(build_summary("pd", "mem", trials, None, "n/a", 15), [])
     assert "## Progressive distillation: FID after every round" in md
     assert "| K=2, a=0, b=1 | 2 | screen | 3 | 10.5 ± 0.707 | 2 |" in md and f"Training: {st['text']}." in md
+
+
+def test_compare_gives_each_nfes_change_and_names_what_else_differs(capsys):
+    """The published NFE study against a copy with every FID 1.5 higher, trained longer on another teacher: each
+    NFE's baseline and best move by +1.5, the best configuration and the verdicts stay, and the table says that
+    training length and teacher differ; bad input is one line, exit 2."""
+    from analysis.compare import compare_headlines, main
+
+    journal = Path(__file__).resolve().parents[1] / "results" / "fmnist-sfd-nfe2" / "optuna-journal.log"
+    published = load_study(str(journal), "fmnist-sfd-nfe2")
+    shifted = optuna.create_study(study_name="shifted")
+    for key, value in published.user_attrs.items():
+        shifted.set_user_attr(key, value)
+    for t in published.get_trials(states=[TrialState.COMPLETE]):
+        attrs = dict(t.user_attrs, teacher_key="newteacher", iterations=1563)
+        for name in ("fid", "fid_seeds"):
+            if name in attrs:
+                attrs[name] = [v + 1.5 for v in attrs[name]] if isinstance(attrs[name], list) else attrs[name] + 1.5
+        shifted.add_trial(create_trial(params=t.params, distributions=t.distributions, value=t.value + 1.5,
+                                       user_attrs=attrs, system_attrs=t.system_attrs))
+    rows = compare_headlines(trials_frame(published), trials_frame(shifted))
+    assert [r["nfe"] for r in rows] == [2, 3, 4, 5]
+    for r in rows:
+        assert r["baseline_change"] == pytest.approx(1.5) and r["best_change"] == pytest.approx(1.5)
+        assert r["best_config_changed"] is False and r["verdict_changed"] is False
+        assert r["confounded"] == ["training length", "teacher"]
+        assert r["old"]["iterations"] == [80] and r["new"]["teachers"] == ["newteacher"]
+
+    assert main(["--old", str(journal), "fmnist-sfd-nfe2", "--new", str(journal), "fmnist-pd"]) == 0
+    text = capsys.readouterr().out
+    assert "| 8 | training | — | screen, 150 it., teacher e6234eed360d | only in the new study |" in text
+    assert main(["--old", str(journal), "nope", "--new", str(journal), "fmnist-pd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no study named 'nope'" in err
