@@ -126,10 +126,11 @@ def prepare_teacher(config: StudyConfig, device, announce: bool):
     teacher = get_teacher(preset.teacher, preset.teacher_file, device, root=config.cache_root,
                           progress=announce and sys.stderr.isatty(), train=config.train_teacher)
     if announce:
-        shipped = preset.teacher_file and Path(preset.teacher_file).resolve().parent == TEACHERS.resolve()
-        how = ("shipped with the repository" if shipped else f"from {preset.teacher_file}") if (
-            preset.teacher_file and teacher.from_cache) else (
-            "loaded from cache" if teacher.from_cache else f"trained in {teacher.wall_time_s:.0f} s")
+        if preset.teacher_file and teacher.from_cache:
+            shipped = Path(preset.teacher_file).resolve().parent == TEACHERS.resolve()
+            how = "shipped with the repository" if shipped else f"from {preset.teacher_file}"
+        else:
+            how = "loaded from cache" if teacher.from_cache else f"trained in {teacher.wall_time_s:.0f} s"
         _note(f"teacher {teacher.key}: {how}")
     return teacher
 
@@ -151,11 +152,11 @@ def check_resume(config: StudyConfig, storage) -> None:
             raise UsageError(f"study {config.study_name!r} was made by an older bdense-study; analysis/ still reads "
                              f"it, but new trials need a new --study-name")
         return
-    diff = [f"{k} {held[k]!r} (asked: {v!r})" for k, v in config.compatibility().items() if k in held and held[k] != v]
     used = study.user_attrs.get(c.STUDY_TEACHER_KEY, config.preset.teacher.key)
     if used != config.preset.teacher.key:
         raise UsageError(f"study {config.study_name!r} used teacher {used}, this command's is "
                          f"{config.preset.teacher.key}; use a new --study-name")
+    diff = [f"{k} {held[k]!r} (asked: {v!r})" for k, v in config.compatibility().items() if k in held and held[k] != v]
     if diff:
         raise UsageError(f"study {config.study_name!r} was run with other settings: {'; '.join(diff)}; "
                          f"use the same settings or a new --study-name")

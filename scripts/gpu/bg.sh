@@ -19,9 +19,10 @@ if [ "$verb" = pull ]; then
   shift
   for f in "$@"; do
     [ -f "$f" ] || continue
+    b=$(basename "$f")
     if [ "$(stat -c %s "$f")" -gt 15000000 ]; then
-      split -b 15m "$f" "$OUT/$(basename "$f").part." && sha256sum "$f" | sed "s#  .*#  $(basename "$f")#" > "$OUT/$(basename "$f").sha256"
-      echo "$(ls "$OUT/$(basename "$f")".part.* | wc -l)" > "$OUT/$(basename "$f").npieces"
+      split -b 15m "$f" "$OUT/$b.part." && echo "$(sha256sum < "$f" | cut -d' ' -f1)  $b" > "$OUT/$b.sha256"
+      ls "$OUT/$b".part.* | wc -l > "$OUT/$b.npieces"
     else cp "$f" "$OUT/"; fi
   done
   ls -la "$OUT"; exit 0

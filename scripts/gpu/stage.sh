@@ -47,18 +47,18 @@ fi
 # here and the checksum holds, it becomes KEY's checkpoint in the cache, where train_teacher resumes it.
 for d in .gpu/teacher-*/; do
   [ -d "$d" ] || continue
-  key=$(basename "$d"); key=${key#teacher-}; dest=$S/cache/teachers/$key
+  key=$(basename "$d"); key=${key#teacher-}; dest=$S/cache/teachers/$key; P=$S/parts/teacher-$key
   [ -f $dest/teacher.pt ] || [ -f $dest/checkpoint.pt ] && continue
-  mkdir -p $S/parts/teacher-$key
-  cp "$d"/checkpoint.pt.part.* "$d"/checkpoint.pt.npieces "$d"/checkpoint.pt.sha256 "$d"/config.json $S/parts/teacher-$key/ 2>/dev/null
-  have=$(ls $S/parts/teacher-$key/ | grep -c '^checkpoint\.pt\.part\.[a-z]*$')
-  if [ "$have" -eq "$(cat $S/parts/teacher-$key/checkpoint.pt.npieces 2>/dev/null || echo 0)" ]; then
-    cat $S/parts/teacher-$key/checkpoint.pt.part.* > $S/ckpt.tmp
-    if [ "$(sha256sum $S/ckpt.tmp | cut -d' ' -f1)" = "$(cut -d' ' -f1 $S/parts/teacher-$key/checkpoint.pt.sha256)" ]; then
-      mkdir -p $dest && cp $S/parts/teacher-$key/config.json $dest/ && mv $S/ckpt.tmp $dest/checkpoint.pt \
-        && rm -rf $S/parts/teacher-$key && echo "stage: teacher $key's checkpoint is in the cache (training resumes there)"
-    else echo "stage: teacher $key's checkpoint fails its checksum; pieces dropped"; rm -rf $S/parts/teacher-$key $S/ckpt.tmp; fi
-  else echo "stage: teacher $key's checkpoint: $have of $(cat $S/parts/teacher-$key/checkpoint.pt.npieces) pieces"; fi
+  mkdir -p $P
+  cp "$d"/checkpoint.pt.part.* "$d"/checkpoint.pt.npieces "$d"/checkpoint.pt.sha256 "$d"/config.json $P/ 2>/dev/null
+  have=$(ls $P/ | grep -c '^checkpoint\.pt\.part\.[a-z]*$'); want=$(cat $P/checkpoint.pt.npieces 2>/dev/null || echo 0)
+  if [ "$have" -eq "$want" ]; then
+    cat $P/checkpoint.pt.part.* > $S/ckpt.tmp
+    if [ "$(sha256sum $S/ckpt.tmp | cut -d' ' -f1)" = "$(cut -d' ' -f1 $P/checkpoint.pt.sha256)" ]; then
+      mkdir -p $dest && cp $P/config.json $dest/ && mv $S/ckpt.tmp $dest/checkpoint.pt \
+        && rm -rf $P && echo "stage: teacher $key's checkpoint is in the cache (training resumes there)"
+    else echo "stage: teacher $key's checkpoint fails its checksum; pieces dropped"; rm -rf $P $S/ckpt.tmp; fi
+  else echo "stage: teacher $key's checkpoint: $have of $want pieces"; fi
 done
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DIR=$S/assets/fmnist
