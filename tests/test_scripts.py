@@ -70,6 +70,8 @@ def test_a_checkpoint_pulled_in_pieces_is_staged_back_once_all_pieces_are_there(
         if f.name != "checkpoint.pt.part.ac":  # the first call carries all but one piece
             (carried / f.name).write_bytes(f.read_bytes())
     assert "checkpoint: 2 of 3 pieces" in run("source scripts/gpu/stage.sh")
+    # the Inception's path is exported before it is staged, so that a job started now finds it once it is there
+    assert run("source scripts/gpu/stage.sh >/dev/null; echo $BDENSE_INCEPTION").strip() == str(stage / "assets" / "inception.pt")
     (carried / "checkpoint.pt.part.ac").write_bytes((out / "checkpoint.pt.part.ac").read_bytes())
     assert "checkpoint is in the cache" in run("source scripts/gpu/stage.sh")
     assert (stage / "cache" / "teachers" / "abc" / "checkpoint.pt").read_bytes() == ckpt.read_bytes()
@@ -81,3 +83,47 @@ def test_a_checkpoint_pulled_in_pieces_is_staged_back_once_all_pieces_are_there(
     (bad / "checkpoint.pt.part.ab").write_bytes(os.urandom(10))
     assert "fails its checksum" in run("source scripts/gpu/stage.sh")
     assert not (stage / "cache" / "teachers" / "bad").exists()
+
+
+def test_bg_stop_is_ctrl_c_for_a_study_and_study_sh_still_packs_the_run_folder(tmp_path):
+    """`bg.sh stop` sends SIGINT to a job's process group; study.sh passes it on to its studies (each under
+    `timeout`, in a process group of its own), waits for them to end their own way and packs the run folder."""
+    import os
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    work, out, stage, fake = tmp_path / "work", tmp_path / "out", tmp_path / "stage", tmp_path / "bin"
+    for d in (work / "scripts" / "gpu", out, fake):
+        d.mkdir(parents=True)
+    for name in ("bg.sh", "stage.sh", "study.sh"):
+        (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
+    # stands in for `python study/run.py ...`: writes a trial into the run folder, then runs until Ctrl-C, on which
+    # it records the interruption there (as the study marks its running trials failed) and exits 130
+    (fake / "python").write_text(
+        "#!/usr/bin/env bash\n"
+        "runs=$3; echo done > $runs/trial-0\n"
+        "trap 'echo interrupted > $runs/trial-1; exit 130' INT\n"
+        "echo \"study started: $*\"\n"
+        "while :; do sleep 0.05; done\n")
+    (fake / "python").chmod(0o755)
+    env = {**os.environ, "OUT": str(out), "BDENSE_STAGE_DIR": str(stage), "PATH": f"{fake}:{os.environ['PATH']}"}
+    run = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True,  # noqa: E731
+                                     check=True, timeout=60).stdout
+    assert "started" in run("bash scripts/gpu/bg.sh start screen bash scripts/gpu/study.sh 5 -- --n-trials 3")
+    log = out / "study-1.log"
+    for _ in range(200):  # until the fake study runs
+        if log.exists() and "study started" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert "running" in run("bash scripts/gpu/bg.sh status screen")
+    assert "Ctrl-C sent" in run("bash scripts/gpu/bg.sh stop screen")
+    status = run("TAIL=40 bash scripts/gpu/bg.sh wait screen 30")
+    assert "screen: ended, exit 0" in status
+    assert "Ctrl-C passed on to the studies" in status and "study.sh: exit 130" in status
+    packed = subprocess.run(f"cat {out}/runs.tgz.part.* | tar -tzf -", shell=True, capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert {"./trial-0", "./trial-1"} <= set(packed)  # the interruption was written before the run folder was packed
+    assert (stage / "runs" / "trial-1").read_text().strip() == "interrupted"
+    # a job that has ended is not signalled again
+    assert "ended" in run("bash scripts/gpu/bg.sh stop screen")

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Long GPU jobs that outlive one device call (each call is at most 10 minutes; the machine stays while calls follow
 # each other within its idle time):
-#   bash scripts/gpu/bg.sh start NAME CMD...   start CMD in its own session (setsid), output in /tmp/bd/NAME.log
+#   bash scripts/gpu/bg.sh start NAME CMD...   start CMD in its own session (setsid), output in /tmp/bd/jobs/NAME.log
 #   bash scripts/gpu/bg.sh wait NAME SECONDS   wait until NAME ends or SECONDS pass; print its log's tail
 #   bash scripts/gpu/bg.sh status NAME         running or ended (with its exit status) and the log's tail
+#   bash scripts/gpu/bg.sh stop NAME           Ctrl-C for NAME (SIGINT to its process group): a study marks its running
+#                                              trials failed and study.sh still packs the run folder; then `wait`
 #   bash scripts/gpu/bg.sh pull FILE...        copy FILEs that exist into $OUT (over 15 MB: 15 MB pieces FILE.part.*)
 # End every call that waits on a job with a pull of what the job has finished: the machine, /tmp/bd with it, goes
 # back 30 s after a call unless the next one comes, and only $OUT comes back. A teacher's training checkpoint:
 #   pull /tmp/bd/cache/teachers/*/checkpoint.pt /tmp/bd/cache/teachers/*/config.json
 # brings back what scripts/gpu/stage.sh turns into that checkpoint again (see there: .gpu/teacher-KEY/).
 # The job is tracked by its pid file, not by matching command lines (a wait loop that matches a string which its
-# own command line contains waits forever). Source scripts/gpu/stage.sh first so the job inherits its exports.
+# own command line contains waits forever; a `pkill -f PATTERN` in a device call kills that call's own shell, whose
+# command line contains PATTERN: use `stop`). Source scripts/gpu/stage.sh first so the job inherits its exports.
 set -uo pipefail
-D=/tmp/bd/jobs
+D=${BDENSE_STAGE_DIR:-/tmp/bd}/jobs
 mkdir -p $D
-verb=${1:?start, wait, status or pull}
+verb=${1:?start, wait, status, stop or pull}
 if [ "$verb" = pull ]; then
   shift
   for f in "$@"; do
@@ -35,7 +38,10 @@ case $verb in
   start)
     if alive; then echo "$name is already running (pid $(cat $D/$name.pid))"; exit 1; fi
     rm -f $D/$name.rc
-    setsid bash -c '"$@"; echo $? > '"$D/$name.rc" _ "$@" > $D/$name.log 2>&1 < /dev/null &
+    # setsid: the job leads its own process group (what `stop` signals). A background command starts with SIGINT
+    # ignored, which bash cannot undo, so env restores its default; the trap keeps this wrapper alive through a
+    # Ctrl-C so that it records the job's exit status (a trap with a command is reset to default in the job).
+    setsid env --default-signal=INT bash -c 'trap : INT; "$@"; echo $? > '"$D/$name.rc" _ "$@" > $D/$name.log 2>&1 < /dev/null &
     echo $! > $D/$name.pid
     echo "$name: started (pid $!, log $D/$name.log)";;
   wait)
@@ -43,5 +49,8 @@ case $verb in
     while alive && [ "$(date +%s)" -lt $end ]; do sleep 2; done
     show;;
   status) show;;
-  *) echo "unknown verb $verb: start, wait, status or pull"; exit 2;;
+  stop)
+    if alive; then kill -INT -- "-$(cat $D/$name.pid)" && echo "$name: Ctrl-C sent (bg.sh wait $name SECONDS to see it end)"
+    else show; fi;;
+  *) echo "unknown verb $verb: start, wait, status, stop or pull"; exit 2;;
 esac

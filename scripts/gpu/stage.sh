@@ -62,6 +62,8 @@ for d in .gpu/teacher-*/; do
 done
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DIR=$S/assets/fmnist
-[ -f $S/assets/inception.pt ] && export BDENSE_INCEPTION=$S/assets/inception.pt
+# where the Inception is or will be: a job started before its last piece came (a teacher in training) finds it
+# when it scores, and one that needs it earlier stops with a line naming this file
+export BDENSE_INCEPTION=$S/assets/inception.pt
 echo "stage: data=$([ -f $S/data.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
   "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")"

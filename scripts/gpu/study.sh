@@ -8,14 +8,15 @@
 # and one MLflow SQLite store hold all studies); when the machine is fresh it is restored from the
 # runs.tgz that an earlier call brought back and that this call carries as .gpu/runs/runs.tgz.
 # At the end the run folder (without caches) is packed into $OUT/runs.tgz.part.* (15 MB pieces), together
-# with each command's log. Stopping at the time limit is Ctrl-C for the study: the running trials are
+# with each command's log. Stopping at the time limit, or `bash scripts/gpu/bg.sh stop NAME` for a study.sh started
+# by bg.sh, is Ctrl-C for the study: the running trials are
 # marked failed (and retried next time), every finished trial is kept.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MINUTES=$1; shift
 source scripts/gpu/stage.sh
-RUNS=/tmp/bd/runs
-OUT=${OUT:-/tmp/bd/out}
+RUNS=$S/runs  # $S: stage.sh's folder, /tmp/bd
+OUT=${OUT:-$S/out}
 mkdir -p "$OUT"
 if [ ! -d $RUNS ] && ls .gpu/runs/runs.tgz* >/dev/null 2>&1; then
   mkdir -p $RUNS && cat .gpu/runs/runs.tgz* | tar -C $RUNS -xzf - && echo "study.sh: run folder restored from .gpu/runs"
@@ -31,11 +32,18 @@ pids=(); i=0
 for g in "${groups[@]}"; do
   i=$((i + 1))
   echo "study.sh: [$i] python study/run.py --runs-dir $RUNS$g"
-  eval "timeout --signal=INT --kill-after=60 $((MINUTES * 60)) python study/run.py --runs-dir $RUNS $g" \
+  eval "exec timeout --signal=INT --kill-after=60 $((MINUTES * 60)) python study/run.py --runs-dir $RUNS $g" \
     > "$OUT/study-$i.log" 2>&1 &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p"; echo "study.sh: exit $?"; done
+# Ctrl-C (bg.sh stop) goes on to the studies (each timeout runs its study in a process group of its own and passes
+# the signal on); this script waits for them to end their own way, then packs the run folder as usual.
+trap 'echo "study.sh: Ctrl-C passed on to the studies"; kill -INT "${pids[@]}" 2>/dev/null' INT
+for p in "${pids[@]}"; do
+  wait "$p"; rc=$?
+  while kill -0 "$p" 2>/dev/null; do wait "$p"; rc=$?; done  # a wait the trap cut short
+  echo "study.sh: exit $rc"
+done
 for f in "$OUT"/study-*.log; do echo "== $f"; tail -25 "$f"; done
 tar -C $RUNS --exclude=./cache -czf - . | split -b 15m - "$OUT/runs.tgz.part."
 ls -la "$OUT"
