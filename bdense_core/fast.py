@@ -52,15 +52,15 @@ def new_step() -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-class _Bf16Endpoint(nn.Module):
-    """``denoiser(x, sigma)`` (endpoint branch, fp32 out) with the network under bf16 autocast, channels_last."""
+class _Endpoint(nn.Module):
+    """``denoiser(x, sigma)`` (endpoint branch, fp32 out), channels_last, the network under bf16 autocast if ``bf16``."""
 
-    def __init__(self, denoiser: EDMPrecond):
+    def __init__(self, denoiser: EDMPrecond, bf16: bool = True):
         super().__init__()
-        self.denoiser = denoiser
+        self.denoiser, self.bf16 = denoiser, bf16
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             return self.denoiser(x.contiguous(memory_format=torch.channels_last), sigma)
 
 
@@ -69,16 +69,17 @@ class SamplingEngine:
 
     ``load(denoiser)`` copies the endpoint branch of any denoiser of that architecture (a teacher, or a K-branch
     student: its branch K) into the engine's own weights; calling the engine then equals calling ``denoiser``
-    (within bf16 rounding). Inputs must have exactly ``batch`` rows (pad the last batch). A module is copied
-    again only when a different module is loaded: load a module again with ``force=True`` after changing its
-    weights in place.
+    (within bf16 rounding; with ``bf16=False`` the network runs in fp32, TF32 where torch allows it). Inputs must
+    have exactly ``batch`` rows (pad the last batch). A module is copied again only when a different module is
+    loaded: load a module again with ``force=True`` after changing its weights in place.
     """
 
-    def __init__(self, net: UNet, channels: int, sigma_data: float, batch: int, device: torch.device):
-        self.batch = batch
+    def __init__(self, net: UNet, channels: int, sigma_data: float, batch: int, device: torch.device,
+                 bf16: bool = True):
+        self.batch, self.bf16 = batch, bf16
         self.model = EDMPrecond(UNet(net.config), channels, sigma_data).to(device).eval().requires_grad_(False)
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.run = compiled(_Bf16Endpoint(self.model))
+        self.run = compiled(_Endpoint(self.model, bf16))
         self._loaded = None
 
     def load(self, denoiser: EDMPrecond, force: bool = False) -> "SamplingEngine":
@@ -100,10 +101,10 @@ class SamplingEngine:
 _SAMPLERS: dict[tuple, SamplingEngine] = {}
 
 
-def sampling_engine(denoiser: EDMPrecond, batch: int = SAMPLE_BATCH) -> SamplingEngine:
-    """The process's compiled sampler for ``denoiser``'s architecture at ``batch``, with ``denoiser`` loaded."""
+def sampling_engine(denoiser: EDMPrecond, batch: int = SAMPLE_BATCH, bf16: bool = True) -> SamplingEngine:
+    """The process's compiled sampler for ``denoiser``'s architecture at ``batch`` (bf16 or fp32), ``denoiser`` loaded."""
     device = next(denoiser.parameters()).device
-    key = (denoiser.net.config, denoiser.channels, denoiser.sigma_data, batch, str(device))
+    key = (denoiser.net.config, denoiser.channels, denoiser.sigma_data, batch, str(device), bf16)
     if key not in _SAMPLERS:
-        _SAMPLERS[key] = SamplingEngine(denoiser.net, denoiser.channels, denoiser.sigma_data, batch, device)
+        _SAMPLERS[key] = SamplingEngine(denoiser.net, denoiser.channels, denoiser.sigma_data, batch, device, bf16)
     return _SAMPLERS[key].load(denoiser)

@@ -110,18 +110,18 @@ class Teacher:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int, batch_size: int | None = None, solver: str | None = None,
-               steps: int | None = None, fast: bool | None = None):
+               steps: int | None = None, fast: bool | None = None, bf16: bool = True):
         """``n`` images in [-1, 1] from the teacher's ODE sampler (default: its config's sampler and steps).
 
         Image i depends on ``seed`` and i only (see :func:`sample_images`). On CUDA the fast path (compiled
-        bf16 network, batches of ``fast.SAMPLE_BATCH``; ``batch_size`` is then ignored) runs unless ``fast`` is
-        False; ``batch_size`` (default 500) sets the eager path's batches.
+        network, bf16 unless ``bf16`` is False, batches of ``fast.SAMPLE_BATCH``; ``batch_size`` is then ignored)
+        runs unless ``fast`` is False; ``batch_size`` (default 500) sets the eager path's batches (always fp32).
         """
         c = self.config
         grid = karras_sigmas(steps or c.sampler_steps, c.sigma_min, c.sigma_max, c.rho)
         name = solver or c.sampler
         if use_fast(self.device, fast):
-            engine = sampling_engine(self.denoiser)
+            engine = sampling_engine(self.denoiser, bf16=bf16)
             return sample_images(lambda x: solve(engine, x, grid, name), n, self.image_shape, c.sigma_max, seed,
                                  engine.batch, self.device, pad=True)
         return sample_images(lambda x: solve(self.denoiser, x, grid, name), n, self.image_shape, c.sigma_max,

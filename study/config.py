@@ -76,6 +76,7 @@ class StudyConfig:
     confirm_length: str = "full"
     ablation: str | None = None
     ablation_seeds: int = 3
+    ablation_length: str | None = None  # the ablation trials' training length (None: the study's)
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     # -- derived --------------------------------------------------------------------------------------------
@@ -304,7 +305,8 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
                              f"lcm); choose K values with a smaller lcm (at most {MAX_SUBSTEPS})")
         return cfg
 
-    lengths = {args.length} | ({args.confirm_length} if args.confirm_top else set())
+    lengths = ({args.length} | ({args.confirm_length} if args.confirm_top else set())
+               | ({args.ablation_length} if args.ablation and args.ablation_length else set()))
     shared = {length: shared_at(length) for length in sorted(lengths)}
     nfe = shared[args.length].nfe
 
@@ -344,7 +346,8 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
         train_teacher=args.train_teacher,
         length=args.length, shared=shared, paths=paths, fast=args.fast, objective=objective,
         confirm_top=args.confirm_top, confirm_seeds=args.confirm_seeds, confirm_length=args.confirm_length,
-        ablation=args.ablation, ablation_seeds=args.ablation_seeds, argv=tuple(argv),
+        ablation=args.ablation, ablation_seeds=args.ablation_seeds, ablation_length=args.ablation_length,
+        argv=tuple(argv),
     )
 
 

@@ -22,25 +22,17 @@ from .config import StudyConfig
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 
 
-def _key(params: dict, config: StudyConfig) -> tuple:
-    return c.config_key({**params, c.WEIGHTS_MODE: config.weights_mode, c.PARAM_K: params.get(c.PARAM_K, 1)})
-
-
-def _params_of(trial: optuna.trial.FrozenTrial) -> dict:
-    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})
-
-
 def candidates(study: optuna.Study, config: StudyConfig) -> list[tuple[int, dict, int]]:
     """(rank, params, screen trial number) of what to confirm: the top N configurations, then both baselines."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     records = [c.trial_record(t) for t in trials.values()]
     gs = c.groups(records, nfe=config.nfe, fidelity=config.length, default_nfe=config.nfe)
-    baselines = {_key(params, config) for _, params in space.baseline_params(config)}  # confirmed anyway
+    baselines = {space.params_key(params, config) for _, params in space.baseline_params(config)}  # confirmed anyway
     ranked = sorted((g for g in gs.values() if g.key not in baselines), key=lambda g: (g.mean, -g.n, min(g.trials)))
     out = []
     for rank, g in enumerate(ranked[: config.confirm_top], 1):
         first = trials[min(g.trials)]
-        out.append((rank, _params_of(first), first.number))
+        out.append((rank, space.trial_params(first), first.number))
     for role, params in space.baseline_params(config):
         screen = [t for t in trials.values() if t.user_attrs.get(c.ROLE) == role and t.state == TrialState.COMPLETE
                   and c.fidelity_of(t.user_attrs) == config.length]
@@ -52,10 +44,10 @@ def enqueue_confirmation(study: optuna.Study, config: StudyConfig) -> int:
     """Enqueue the missing (configuration, seed) confirmation trials; returns how many."""
     existing = [t for t in study.get_trials(deepcopy=False, states=LIVE)
                 if t.user_attrs.get(c.ROLE) == c.ROLE_CONFIRM and c.fidelity_of(t.user_attrs) == config.confirm_length]
-    have = {(c.config_key({**_params_of(t), **t.user_attrs}), tuple(t.user_attrs.get(c.SEEDS, ()))) for t in existing}
+    have = {(c.config_key({**space.trial_params(t), **t.user_attrs}), tuple(t.user_attrs.get(c.SEEDS, ()))) for t in existing}
     n = 0
     for rank, params, screen_trial in candidates(study, config):
-        key = _key(params, config)
+        key = space.params_key(params, config)
         for seed in config.confirm_seed_list:
             if (key, (seed,)) in have:
                 continue

@@ -13,7 +13,9 @@ attributes, set before it starts:
 - ``seeds``: the list of seeds to run (``first_seed`` .. ``first_seed + seeds - 1``, default 1000.., apart from
   the search's seeds) (the objective **reads** it when present, instead of its own seeds);
 - ``nfe`` (the ``nfe`` grid only): the NFE of this trial's student (the objective **reads** it when
-  present, instead of the study's NFE), so one study holds a designed comparison across NFE.
+  present, instead of the study's NFE), so one study holds a designed comparison across NFE;
+- ``fidelity`` when the grid is given one (``--ablation-length full`` in a screen study): the training length the
+  objective **reads** instead of the study's, as for confirmation trials.
 
 Grids (``seeds`` repeated seeds per configuration):
 
@@ -22,14 +24,16 @@ Grids (``seeds`` repeated seeds per configuration):
 - ``schedule``: at a fixed K (the best trial's K, else the largest K choice): uniform (a = 0, b = 1),
   early-heavy a = -0.5, late-heavy a = 0.5 and 1.0, the intercept b = 0.1 and 10 at a = 0, and the best
   (a, b) when given;
-- ``nfe``: for each NFE in ``nfe_values``: the K = 1 baseline and the best B-DENSE configuration
-  (``best_params`` when its K > 1, else the largest K choice with uniform weights);
+- ``nfe``: for each NFE in ``nfe_values``: the K = 1 baseline, the uniform baseline (K = 4 or the K choice nearest
+  it, ``space.uniform_baseline_k``) and the best B-DENSE configuration (``best_params`` when its K > 1, else the
+  largest K choice with uniform weights; not twice when it is the uniform baseline);
 - ``b``: the intercept b at a fixed growth rate a: the best configuration's K and a (uniform a = 0 at the
   largest K choice without ``best_params``) with each b of ``b_values`` (default 0.1, 1, 10). With Adam, b
   only scales the loss, so this grid tests whether FID depends on b at all (``analysis.bgrid`` reads it).
 
 ``best_params`` comes from :func:`best_bdense_params`: the contract's best configuration
-(``study.contract.headline``) among the study's screen trials at its NFE.
+(``study.contract.headline``) among the study's trials at its NFE: the confirmed best once the study has
+full-length (confirmation) trials, else the screen's best.
 
 Re-running the same ablation does not enqueue duplicates: a configuration that already has a waiting,
 running or completed trial with the same params, role, label and NFE is skipped (failed ones are retried).
@@ -136,8 +140,9 @@ def _params(k: int, a: float, b: float, weights_mode: str, free: tuple[float, ..
 def ablation_grid(name: str, k_choices: Sequence[int], best_params: Mapping[str, Any] | None = None,
                   seeds: int = 3, nfe_values: Sequence[int] = (2, 3, 4, 5),
                   weights_mode: str = "exp", first_seed: int = ABLATION_FIRST_SEED,
-                  b_values: Sequence[float] = B_VALUES) -> list[AblationConfig]:
-    """The configurations of ablation ``name`` (see the module docstring), without touching any study."""
+                  b_values: Sequence[float] = B_VALUES, fidelity: str | None = None) -> list[AblationConfig]:
+    """The configurations of ablation ``name`` (see the module docstring), without touching any study; with
+    ``fidelity`` (``screen`` or ``full``) each trial trains at that length whatever the study's."""
     ks = _check(name, k_choices, seeds, nfe_values, b_values)
     best_k, a_best, b_best, free = _best_schedule(best_params)
     seed_list = list(range(int(first_seed), int(first_seed) + int(seeds)))
@@ -146,6 +151,8 @@ def ablation_grid(name: str, k_choices: Sequence[int], best_params: Mapping[str,
     def add(label: str, params: dict[str, Any], **extra: Any) -> None:
         attrs = {C.ROLE: f"{C.ABLATION_PREFIX}{name}", C.ABLATION: name, C.ABLATION_CONFIG: label,
                  C.SEEDS: list(seed_list)}
+        if fidelity is not None:
+            attrs[C.FIDELITY] = fidelity
         attrs.update(extra)
         configs.append(AblationConfig(label=label, params=params, user_attrs=attrs))
 
@@ -182,9 +189,14 @@ def ablation_grid(name: str, k_choices: Sequence[int], best_params: Mapping[str,
             what = f"K={k}, uniform a=0"
         if k < 2:
             raise ValueError("the nfe ablation needs a K > 1 among the K choices or in best_params")
+        k_u = space.uniform_baseline_k(ks)
+        uniform = _params(k_u, 0.0, 1.0, weights_mode) if k_u is not None else None
+        best = _params(k, a, b, weights_mode, f)
         for nfe in sorted({int(n) for n in nfe_values}):
             add(f"NFE={nfe} K=1", _params(1, 0.0, 1.0, weights_mode), **{C.NFE: nfe})
-            add(f"NFE={nfe} {what}", _params(k, a, b, weights_mode, f), **{C.NFE: nfe})
+            if uniform is not None and not _same(uniform, best):
+                add(f"NFE={nfe} K={k_u}, uniform a=0", uniform, **{C.NFE: nfe})
+            add(f"NFE={nfe} {what}", best, **{C.NFE: nfe})
     return configs
 
 
@@ -217,7 +229,9 @@ def _exists(trials: Iterable[optuna.trial.FrozenTrial], cfg: AblationConfig) -> 
             continue
         u = t.user_attrs
         if (u.get(C.ROLE) == cfg.user_attrs[C.ROLE] and u.get(C.ABLATION_CONFIG) == cfg.user_attrs[C.ABLATION_CONFIG]
-                and u.get(C.NFE) == cfg.user_attrs.get(C.NFE, u.get(C.NFE)) and _same(_trial_params(t), cfg.params)):
+                and u.get(C.NFE) == cfg.user_attrs.get(C.NFE, u.get(C.NFE))
+                and u.get(C.FIDELITY) == cfg.user_attrs.get(C.FIDELITY, u.get(C.FIDELITY))
+                and _same(_trial_params(t), cfg.params)):
             return True
     return False
 
@@ -225,7 +239,7 @@ def _exists(trials: Iterable[optuna.trial.FrozenTrial], cfg: AblationConfig) -> 
 def enqueue_ablation(study: optuna.Study, name: str, k_choices: Sequence[int],
                      best_params: Mapping[str, Any] | None = None, seeds: int = 3,
                      nfe_values: Sequence[int] = (2, 3, 4, 5), first_seed: int = ABLATION_FIRST_SEED,
-                     b_values: Sequence[float] = B_VALUES) -> int:
+                     b_values: Sequence[float] = B_VALUES, fidelity: str | None = None) -> int:
     """Enqueue the grid of ablation ``name`` into ``study``; returns how many trials were enqueued.
 
     The study's ``weights_mode`` user attribute (``"exp"`` by default) decides whether configurations are
@@ -234,7 +248,7 @@ def enqueue_ablation(study: optuna.Study, name: str, k_choices: Sequence[int],
     """
     mode = str(study.user_attrs.get(C.STUDY_WEIGHTS_MODE) or "exp")
     configs = ablation_grid(name, k_choices, best_params=best_params, seeds=seeds, nfe_values=nfe_values,
-                            weights_mode=mode, first_seed=first_seed, b_values=b_values)
+                            weights_mode=mode, first_seed=first_seed, b_values=b_values, fidelity=fidelity)
     existing = study.get_trials(deepcopy=False)
     n = 0
     for cfg in configs:
@@ -246,17 +260,18 @@ def enqueue_ablation(study: optuna.Study, name: str, k_choices: Sequence[int],
 
 
 def best_bdense_params(study: optuna.Study) -> dict[str, Any] | None:
-    """Params of the contract's best K > 1 configuration among the study's completed screen trials at its
-    NFE (None if there is none): the trial of that configuration with the lowest value.
+    """Params of the contract's best K > 1 configuration among the study's completed trials at its NFE (None if
+    there is none): the trial of that configuration with the lowest value. The headline's fidelity decides which
+    trials count (``contract.headline_fidelity``): the full-length ones once there are any (the confirmed best),
+    else the screen's.
 
-    Trials at another NFE (the nfe grid) and full-length confirmation trials are left out. Meant as
-    ``best_params`` for :func:`enqueue_ablation`.
+    Trials at another NFE (the nfe grid) are left out. Meant as ``best_params`` for :func:`enqueue_ablation`.
     """
     nfe = study.user_attrs.get(C.STUDY_NFE)
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     recs = [C.trial_record(t) for t in done]
     nfe = int(nfe) if nfe is not None else None
-    best = C.headline(recs, nfe=nfe, fidelity=C.SCREEN, default_nfe=nfe).best
+    best = C.headline(recs, nfe=nfe, fidelity=C.headline_fidelity(recs), default_nfe=nfe).best
     if best is None:
         return None
     mine = [t for t in done if t.number in set(best.trials) and t.value is not None]

@@ -210,7 +210,7 @@ def plan_work(study, config: StudyConfig) -> int:
         from study.designs import best_bdense_params, enqueue_ablation
 
         n = enqueue_ablation(study, config.ablation, config.k_choices, best_params=best_bdense_params(study),
-                             seeds=config.ablation_seeds)
+                             seeds=config.ablation_seeds, fidelity=config.ablation_length or config.length)
         _note(f"queued ablation '{config.ablation}': {n} configurations")
         return max(config.n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
     return config.n_trials

@@ -80,27 +80,48 @@ def enqueue(study: optuna.Study, params: Mapping[str, Any], user_attrs: Mapping[
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
 
+UNIFORM_BASELINE_K = 4  # issue 13's and the paper's uniform baseline: equal weights over K = 4 branches
+
+
+def uniform_baseline_k(k_choices) -> int | None:
+    """The K of the uniform baseline: the K > 1 choice nearest :data:`UNIFORM_BASELINE_K` (the smaller on a tie)."""
+    ks = [k for k in k_choices if k > 1]
+    return min(ks, key=lambda k: (abs(k - UNIFORM_BASELINE_K), k)) if ks else None
+
+
 def baseline_params(config: StudyConfig) -> list[tuple[str, dict]]:
-    """The baselines every study starts with: plain distillation (K = 1) and uniform weights at the largest K."""
+    """The baselines every study starts with: plain distillation (K = 1) and uniform weights at K = 4 (or the K
+    choice nearest it, :func:`uniform_baseline_k`)."""
     out = [(c.ROLE_BASELINE_K1, {c.PARAM_K: 1})]
-    k_max = max(config.k_choices)
-    if k_max > 1:
-        out.append((c.ROLE_BASELINE_UNIFORM, point_params(k_max, config.weights_mode, 0.0, 1.0,
-                                                           (1.0,) * k_max)))
+    k_u = uniform_baseline_k(config.k_choices)
+    if k_u is not None:
+        out.append((c.ROLE_BASELINE_UNIFORM, point_params(k_u, config.weights_mode, 0.0, 1.0, (1.0,) * k_u)))
     return out
 
 
 def enqueue_baselines(study: optuna.Study, config: StudyConfig, attrs: Mapping[str, Any]) -> list[str]:
     """Queue the baselines the study does not hold yet (queued, running, finished or pruned) at the search's
-    fidelity. A baseline whose only attempts failed (Ctrl-C, a crash) is queued again; a pruned one is not.
+    fidelity, by configuration (a study made when the uniform baseline had another K gets this one's too). A
+    baseline whose only attempts failed (Ctrl-C, a crash) is queued again; a pruned one is not.
     Returns the roles queued now."""
     keep = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING,
             optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    present = {t.user_attrs.get(c.ROLE) for t in study.get_trials(deepcopy=False, states=keep)
-               if c.fidelity_of(t.user_attrs) == attrs.get(c.FIDELITY, c.SCREEN)}
+    present = {params_key(trial_params(t), config) for t in study.get_trials(deepcopy=False, states=keep)
+               if c.fidelity_of(t.user_attrs) == attrs.get(c.FIDELITY, c.SCREEN) and t.user_attrs.get(c.ROLE) in
+               (c.ROLE_BASELINE_K1, c.ROLE_BASELINE_UNIFORM)}
     queued = []
     for role, params in baseline_params(config):
-        if role not in present:
+        if params_key(params, config) not in present:
             enqueue(study, params, {**attrs, c.ROLE: role})
             queued.append(role)
     return queued
+
+
+def params_key(params: Mapping[str, Any], config: StudyConfig) -> tuple:
+    """The contract's configuration key of a trial's parameters (K = 1 where they hold no K)."""
+    return c.config_key({**params, c.WEIGHTS_MODE: config.weights_mode, c.PARAM_K: params.get(c.PARAM_K, 1)})
+
+
+def trial_params(trial: optuna.trial.FrozenTrial) -> dict:
+    """A trial's parameters: drawn, or fixed when it was enqueued and has not run yet."""
+    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params") or {})

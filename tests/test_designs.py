@@ -39,7 +39,20 @@ def test_ablation_grids():
     assert {c.params["K"] for c in sched} == {2} and len(sched) == len(designs.SCHEDULES) + 1
     assert {"K": 2, "a": 0.0, "b": 1.0} in [c.params for c in sched]  # uniform is always in
     nfe = designs.ablation_grid("nfe", [1, 2, 4], best_params={"K": 4, "a": 0.3, "b": 0.5}, nfe_values=(2, 3))
-    assert [(c.user_attrs["nfe"], c.params["K"]) for c in nfe] == [(2, 1), (2, 4), (3, 1), (3, 4)]
+    # per NFE: K = 1, the uniform baseline at K = 4, the best
+    assert [(c.user_attrs["nfe"], c.params) for c in nfe] == [
+        (n, p) for n in (2, 3) for p in ({"K": 1, "a": 0.0, "b": 1.0}, {"K": 4, "a": 0.0, "b": 1.0},
+                                         {"K": 4, "a": 0.3, "b": 0.5})]
+    assert [c.label for c in nfe[:3]] == ["NFE=2 K=1", "NFE=2 K=4, uniform a=0", "NFE=2 best K=4, a=0.3, b=0.5"]
+    assert all("fidelity" not in c.user_attrs for c in nfe)
+    # the uniform baseline is the K choice nearest 4; a best that is the uniform baseline is not run twice
+    six = designs.ablation_grid("nfe", [1, 6, 8], best_params={"K": 8, "a": 1.0, "b": 2.0}, nfe_values=(2,))
+    assert [c.params["K"] for c in six] == [1, 6, 8]
+    same = designs.ablation_grid("nfe", [1, 2, 4], best_params={"K": 4, "a": 0.0, "b": 1.0}, nfe_values=(2,))
+    assert [c.params for c in same] == [{"K": 1, "a": 0.0, "b": 1.0}, {"K": 4, "a": 0.0, "b": 1.0}]
+    # a full-length grid in a screen study: each trial carries the length the objective trains it at
+    full = designs.ablation_grid("b", [1, 4], best_params={"K": 4, "a": 0.5, "b": 1.0}, fidelity="full")
+    assert {c.user_attrs["fidelity"] for c in full} == {"full"}
     free = designs.ablation_grid("k", [1, 2], best_params={"K": 2, "w1": 1.0, "w2": math.e}, weights_mode="free")
     assert free[1].params == {"K": 2, "w1": pytest.approx(1.0), "w2": pytest.approx(math.e)}
     for bad, match in ((dict(name="x"), "unknown ablation"), (dict(k_choices=[0, 2]), ">= 1"),
@@ -58,7 +71,7 @@ def test_enqueue_ablation_is_run_by_the_study_workers():
     study.set_user_attr("nfe", 2)
     best = {"K": 4, "a": 0.3, "b": 0.5}
     n = designs.enqueue_ablation(study, "nfe", [1, 2, 4], best_params=best, seeds=2, nfe_values=(2, 3, 4))
-    assert n == 6
+    assert n == 9
     assert designs.enqueue_ablation(study, "nfe", [1, 2, 4], best_params=best, seeds=2, nfe_values=(2, 3, 4)) == 0
     assert designs.enqueue_ablation(study, "k", [1, 2, 4], best_params=best) == 3
     seen = []
@@ -76,12 +89,11 @@ def test_enqueue_ablation_is_run_by_the_study_workers():
         trial.set_user_attr("fid_seeds", fids)
         return float(np.mean(fids))
 
-    study.optimize(objective, n_trials=9)
+    study.optimize(objective, n_trials=12)
     s = (1000, 1001)
-    assert seen[:6] == [("ablation:nfe", 1, 0.0, 1.0, 2, s), ("ablation:nfe", 4, 0.3, 0.5, 2, s),
-                        ("ablation:nfe", 1, 0.0, 1.0, 3, s), ("ablation:nfe", 4, 0.3, 0.5, 3, s),
-                        ("ablation:nfe", 1, 0.0, 1.0, 4, s), ("ablation:nfe", 4, 0.3, 0.5, 4, s)]
-    assert [s[0] for s in seen[6:]] == ["ablation:k"] * 3
+    assert seen[:9] == [("ablation:nfe", k, a, b, nfe, s) for nfe in (2, 3, 4)
+                        for k, a, b in ((1, 0.0, 1.0), (4, 0.0, 1.0), (4, 0.3, 0.5))]
+    assert [s[0] for s in seen[9:]] == ["ablation:k"] * 3
     # completed configurations are not enqueued again; the study's best K>1 feeds the next grid
     assert designs.enqueue_ablation(study, "k", [1, 2, 4], best_params=best) == 0
     assert designs.best_bdense_params(study) == {"K": 4, "a": 0.3, "b": 0.5}
@@ -89,7 +101,7 @@ def test_enqueue_ablation_is_run_by_the_study_workers():
     from analysis import summary
 
     assert [r["nfe"] for r in summary.headline(df)] == [2, 3, 4]
-    assert list(summary.ablation_table(df, "nfe")["nfe"]) == [2, 2, 3, 3, 4, 4]
+    assert list(summary.ablation_table(df, "nfe")["nfe"]) == [2, 2, 2, 3, 3, 3, 4, 4, 4]
     free = optuna.create_study()
     free.set_user_attr("weights_mode", "free")
     designs.enqueue_ablation(free, "schedule", [1, 4], seeds=1)
@@ -121,8 +133,9 @@ def test_b_grid_fixes_the_best_k_and_a():
 
 
 def test_best_bdense_params_follows_the_contract():
-    """The best configuration is the lowest mean over seeds, pooled over trials; full-length trials and trials
-    at another NFE do not count; the params are those of that configuration's best trial."""
+    """The best configuration is the lowest mean over seeds, pooled over trials; trials at another NFE do not
+    count; once there are full-length trials only they count (the confirmed best); the params are those of that
+    configuration's best trial."""
     study = optuna.create_study()
     study.set_user_attr("nfe", 2)
 
@@ -136,6 +149,12 @@ def test_best_bdense_params_follows_the_contract():
     add(4, 0.5, [22.9, 22.7], [1000, 1001])  # ... whose configuration averages 22.5 over three seeds
     add(2, 0.2, [22.2, 22.3], [0, 1])  # lowest mean: 22.25
     add(4, 0.9, [15.0], [0], nfe=4)  # another NFE
-    add(4, 0.8, [10.0], [0], fidelity="full")  # full length
+    add(4, 0.8, [10.0], [0], fidelity="screen", nfe=3)  # another NFE at the screen's length
     assert designs.best_bdense_params(study) == {"K": 2, "a": 0.2, "b": 1.0}
+    add(2, 0.2, [16.4], [1000], fidelity="full")  # the confirmation: the screen's best ...
+    add(2, 0.2, [16.2], [1001], fidelity="full")
+    add(4, 0.5, [16.0], [1000], fidelity="full")  # ... loses to its runner-up at full length
+    add(4, 0.5, [16.1], [1001], fidelity="full")
+    add(4, 0.9, [12.0], [1000], fidelity="full", nfe=4)  # another NFE
+    assert designs.best_bdense_params(study) == {"K": 4, "a": 0.5, "b": 1.0}
     assert designs.best_bdense_params(optuna.create_study()) is None

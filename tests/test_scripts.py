@@ -12,11 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+def _load(name: str, folder: Path = ROOT / "scripts"):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_gpu(name: str):
+    return _load(name, ROOT / "scripts" / "gpu")
 
 
 @pytest.mark.slow  # trains the tiny teacher and three students: about a minute on 2 quiet cores
@@ -127,3 +131,44 @@ def test_bg_stop_is_ctrl_c_for_a_study_and_study_sh_still_packs_the_run_folder(t
     assert (stage / "runs" / "trial-1").read_text().strip() == "interrupted"
     # a job that has ended is not signalled again
     assert "ended" in run("bash scripts/gpu/bg.sh stop screen")
+
+
+@pytest.fixture
+def tiny_teacher_file(tmp_path, monkeypatch):
+    from bdense_core.presets import get_preset
+    from bdense_core.teacher import save_teacher, train_teacher
+
+    monkeypatch.setenv("BDENSE_CACHE_DIR", str(tmp_path / "cache"))
+    teacher = train_teacher(get_preset("tiny").teacher, "cpu")
+    return teacher, save_teacher(teacher, tmp_path / "t.pt")
+
+
+@pytest.mark.slow  # seven 64-sample FIDs on the CPU's Inception: about 90 s on 2 cores
+def test_teacher_script_scores_a_teacher_file_at_other_step_counts(tmp_path, tiny_teacher_file):
+    """`scripts/gpu/teacher.py --score FILE --steps N`: the record of a given teacher file without training it,
+    with an FID for each step count; on the CPU the compiled samplers do not run, so the fp32 score is the eager
+    one, and the bf16 and fp32 scores at N steps are equal."""
+    import json
+
+    teacher, file = tiny_teacher_file
+    script = _load_gpu("teacher")
+    assert script.main(["--preset", "tiny", "--score", str(file), "--steps", "4", "--out", str(tmp_path / "o"),
+                        "--device", "cpu"]) == 0
+    record = json.loads((tmp_path / "o" / f"score-{teacher.key}.json").read_text())
+    assert record["key"] == teacher.key and "gpus" not in record and "file" not in record
+    assert record["fid_fast_fp32"] == pytest.approx(record["fid_eager_fp32"], rel=1e-4)
+    (row,) = record["by_steps"]
+    assert row["steps"] == 4 and row["nfe"] == 7 and row["bf16"]["fid"] == pytest.approx(row["fp32"]["fid"], rel=1e-4)
+    assert row["fp32"]["fid"] != pytest.approx(record["fid_eager_fp32"], rel=1e-3)  # 4 steps are not the 8-step sampler
+
+
+def test_teacher_script_bad_input_is_one_line_exit_2(tmp_path, tiny_teacher_file, capsys):
+    _, file = tiny_teacher_file
+    script = _load_gpu("teacher")
+    for argv, says in ((["--score", str(tmp_path / "none.pt")], "not found"),
+                       (["--preset", "cpu", "--score", str(file)], "other data than preset cpu"),
+                       (["--preset", "nope", "--score", str(file)], "unknown preset 'nope'")):
+        with pytest.raises(SystemExit) as e:
+            script.main(["--preset", "tiny", *argv, "--out", str(tmp_path / "o"), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and err.count("\n") == 1, err

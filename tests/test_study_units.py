@@ -69,6 +69,31 @@ def test_bad_flags_raise_usage_errors(runs, argv, words):
         parse_config(["--preset", "tiny", *argv] if argv[0] != "--preset" else argv)
 
 
+def test_ablation_length_defaults_to_the_study_length(runs):
+    assert parse_config(["--preset", "tiny", "--ablation", "b"]).ablation_length is None
+    full = parse_config(["--preset", "tiny", "--ablation", "nfe", "--ablation-length", "full"])
+    assert full.ablation_length == "full" and full.length == "screen"
+    # the full-length config a trial of that grid trains with is there (without the flag it is not)
+    assert full.settings("full")["iterations"] > full.iterations
+    with pytest.raises(KeyError):
+        parse_config(["--preset", "tiny", "--ablation", "nfe"]).settings("full")
+
+
+def test_the_uniform_baseline_is_k4_or_the_k_choice_nearest_it(runs):
+    assert [space.uniform_baseline_k(ks) for ks in ((1, 2, 3, 4, 6, 8), (1, 6, 8), (1, 2), (1, 3, 5), (1,))] == [
+        4, 6, 2, 3, None]
+    config = parse_config(["--preset", "fmnist-gpu", "--k", "2", "3", "4", "6", "8", "--device", "cpu"])
+    assert space.baseline_params(config)[1] == ("baseline-uniform", {"K": 4, "a": 0.0, "b": 1.0})
+    # a study made when the uniform baseline was the largest K (8) gets the K = 4 one on resume, and only once
+    study = optuna.create_study()
+    attrs = {"fidelity": "screen", "seeds": [0]}
+    study.enqueue_trial({"K": 8, "a": 0.0, "b": 1.0}, user_attrs={**attrs, "role": "baseline-uniform"})
+    study.enqueue_trial({}, user_attrs={**attrs, "role": "baseline-k1", "K": 1})
+    assert space.enqueue_baselines(study, config, attrs) == ["baseline-uniform"]
+    assert space.trial_params(study.trials[-1]) == {"K": 4, "a": 0.0, "b": 1.0}
+    assert space.enqueue_baselines(study, config, attrs) == []
+
+
 def test_baselines_and_free_weights(runs):
     exp = parse_config(["--preset", "tiny"])
     assert space.baseline_params(exp) == [
