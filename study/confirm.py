@@ -34,10 +34,17 @@ def candidates(study: optuna.Study, config: StudyConfig) -> list[tuple[int, dict
         first = trials[min(g.trials)]
         out.append((rank, space.trial_params(first), first.number))
     for role, params in space.baseline_params(config):
+        key = space.params_key(params, config)
         screen = [t for t in trials.values() if t.user_attrs.get(c.ROLE) == role and t.state == TrialState.COMPLETE
-                  and c.fidelity_of(t.user_attrs) == config.length]
+                  and c.fidelity_of(t.user_attrs) == config.length and space.params_key(space.trial_params(t), config) == key]
         out.append((0, params, screen[0].number if screen else -1))
     return out
+
+
+def waiting_confirmation(study: optuna.Study, config: StudyConfig) -> int:
+    """How many confirmation trials wait to run (queued now, or by an earlier command that was stopped)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+               if t.user_attrs.get(c.ROLE) == c.ROLE_CONFIRM and c.fidelity_of(t.user_attrs) == config.confirm_length)
 
 
 def enqueue_confirmation(study: optuna.Study, config: StudyConfig) -> int:

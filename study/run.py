@@ -160,6 +160,14 @@ def check_resume(config: StudyConfig, storage) -> None:
     if diff:
         raise UsageError(f"study {config.study_name!r} was run with other settings: {'; '.join(diff)}; "
                          f"use the same settings or a new --study-name")
+    if config.ablation:
+        from study.confirm import waiting_confirmation
+
+        left = waiting_confirmation(study, config)
+        if left:
+            raise UsageError(f"study {config.study_name!r} has {left} confirmation trials still to run, and the grid "
+                             f"would take its best configuration from the others; finish the confirmation first "
+                             f"(the same command without --ablation)")
 
 
 def open_study(config: StudyConfig, storage):
@@ -218,14 +226,18 @@ def plan_work(study, config: StudyConfig) -> int:
 
 def plan_confirmation(study, config: StudyConfig) -> int:
     """Queue the full-length confirmation of the screen's top configurations and both baselines (missing
-    (configuration, seed) pairs only); returns how many trials were queued."""
-    from study.confirm import enqueue_confirmation
+    (configuration, seed) pairs only); returns how many confirmation trials wait to run, those an earlier,
+    stopped command queued included."""
+    from study.confirm import enqueue_confirmation, waiting_confirmation
 
     n = enqueue_confirmation(study, config)
+    waiting = waiting_confirmation(study, config)
     if n:
         _note(f"queued confirmation: the top {config.confirm_top} configurations and both baselines at "
               f"{config.confirm_length} length, seeds {config.confirm_seed_list}: {n} trials")
-    return n
+    if waiting > n:
+        _note(f"confirmation: {waiting - n} trials queued by an earlier command still to run")
+    return waiting
 
 
 def run_phase(config: StudyConfig, study, n_trials: int, stores, reporter) -> tuple[int, object]:

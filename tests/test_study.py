@@ -376,3 +376,26 @@ def test_screen_then_confirm_runs_each_configuration_at_full_length_on_fresh_see
                     runs, cache_dir)
     _check(again)
     assert len(load(runs, "conf").get_trials()) == len(trials)  # nothing missing: nothing queued again
+
+
+def test_a_stopped_confirmation_runs_its_queued_trials_when_resumed(tmp_path, cache_dir, monkeypatch):
+    """A command stopped during the confirmation leaves its trials queued; the same command again must run them
+    (it queues nothing new, so counting only what it queues would run nothing) and the new uniform baseline's."""
+    from study.cli import parse_config
+    from study.confirm import enqueue_confirmation
+
+    runs = tmp_path / "runs"
+    _check(run_cli(FAST + ["--study-name", "stop", "--n-trials", "3"], runs, cache_dir))
+    confirm = ["--study-name", "stop", "--n-trials", "0", "--confirm-top", "1", "--confirm-seeds", "1"]
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(runs))
+    queued = enqueue_confirmation(load(runs, "stop"), parse_config(FAST + confirm))  # what the stopped command left
+    assert queued == 3
+    # a grid now would take its best from an unfinished confirmation: refused, one line, nothing run
+    refused = run_cli(FAST + confirm + ["--ablation", "b"], runs, cache_dir)
+    _check(refused, 2)
+    assert "has 3 confirmation trials still to run" in refused.stderr
+    res = run_cli(FAST + confirm, runs, cache_dir)
+    _check(res)
+    assert "confirmation: 3 trials queued by an earlier command still to run" in res.stderr
+    full = [t for t in load(runs, "stop").get_trials() if t.user_attrs.get("fidelity") == "full"]
+    assert len(full) == 3 and all(t.state == TrialState.COMPLETE for t in full)
