@@ -159,6 +159,8 @@ def distil(plans: list[Plan], ctx: Context) -> None:
     """Train every seed of every planned trial; students that can train together do so in one batched call."""
     cfg, fw = ctx.config, ctx.config.fw
     students = [(p, j, seed) for p in plans for j, seed in enumerate(p.seeds) if p.error is None]
+    if hasattr(ctx.paths, "prefetch"):
+        ctx.paths.prefetch([(p.nfe, p.length, seed) for p, _, seed in students])
     groups: dict[Any, list] = {}
     for p, j, seed in students:
         dcfg = cfg.trial_config(p.point.branches, p.point.weights, seed, p.nfe, p.length)

@@ -82,17 +82,32 @@ class Banks:
         if key is None:
             return None
         if key not in self.cache:
-            from bdense_core.schedule import BranchWeights
-
-            cfg = self.config
-            grid = cfg.trial_config(max(cfg.k_choices), BranchWeights(), key[2], nfe, length)
-            draws = grid.iterations * grid.batch_size
-            size = draws if cfg.paths == "seed" else max(cfg.preset.bank_size, draws)
-            while len(self.cache) >= self.keep:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[key] = cfg.fw.shared_paths(self.teacher, grid, size=size, seed=key[2] + self.OFFSET,
-                                                  root=cfg.cache_root, k_choices=tuple(cfg.k_choices))
+            self._fetch(key, wait=True)
         return self.cache[key]
+
+    def prefetch(self, wanted) -> None:
+        """Get the banks of ``wanted`` ``(nfe, length, seed)`` ready, building first those no other process is
+        building: workers that need the same few banks (the seeds of a grid) build different ones at the same
+        time instead of the same one each; the rest are then waited for when asked."""
+        keys = dict.fromkeys(k for k in (self.key(*w) for w in wanted) if k is not None and k not in self.cache)
+        for key in keys:
+            self._fetch(key, wait=False)
+
+    def _fetch(self, key: tuple, wait: bool) -> None:
+        from bdense_core.schedule import BranchWeights
+
+        cfg = self.config
+        nfe, length, seed = key
+        grid = cfg.trial_config(max(cfg.k_choices), BranchWeights(), seed, nfe, length)
+        draws = grid.iterations * grid.batch_size
+        size = draws if cfg.paths == "seed" else max(cfg.preset.bank_size, draws)
+        bank = cfg.fw.shared_paths(self.teacher, grid, size=size, seed=seed + self.OFFSET, root=cfg.cache_root,
+                                   k_choices=tuple(cfg.k_choices), wait=wait)
+        if bank is None and not wait:
+            return  # another process is building it
+        while len(self.cache) >= self.keep:
+            self.cache.pop(next(iter(self.cache)))
+        self.cache[key] = bank
 
 
 def run_here(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:

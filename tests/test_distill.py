@@ -115,6 +115,26 @@ def test_bank_keeps_only_the_branch_targets_and_is_cached(teacher, tmp_path):
         distill(teacher, cfg, bank=narrow)  # K = 4 needs sub-step targets a K in {1, 2} bank lacks
 
 
+def test_a_bank_another_process_is_building_is_waited_for_not_built_twice(teacher, tmp_path):
+    """The builder of a bank holds a lock on its .lock file: ``wait=False`` then returns None without building,
+    and once the lock is free the bank is built (or loaded) as usual. flock locks belong to an open file, so a
+    second open of the lock file here stands for another process."""
+    import fcntl
+
+    from bdense_core.distill.sfd import bank_key
+
+    cfg = replace(TINY.config("sfd"), branches=4, iterations=3)
+    path = tmp_path / "banks" / bank_key(teacher.key, cfg, 8, 5, (1, 2, 4))
+    path.parent.mkdir(parents=True)
+    with open(path.with_suffix(".lock"), "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert cached_trajectory_bank(teacher, 8, cfg, seed=5, root=tmp_path, k_choices=(1, 2, 4), wait=False) is None
+        assert not path.exists()
+        fcntl.flock(other, fcntl.LOCK_UN)
+    bank = cached_trajectory_bank(teacher, 8, cfg, seed=5, root=tmp_path, k_choices=(1, 2, 4), wait=False)
+    assert bank is not None and path.exists() and bank.states.shape[0] == 8
+
+
 def test_progressive_distillation_lowers_error_against_teacher(teacher):
     data = load_images(TINY.teacher.data)
     for k in (1, 2):

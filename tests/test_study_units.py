@@ -198,3 +198,32 @@ def test_a_teacher_file_replaces_the_presets_teacher(runs, tmp_path):
         parse_config(["--preset", "tiny", "--teacher-file", str(elsewhere)])
     with pytest.raises(UsageError, match="--teacher-file: teacher checkpoint .* not found"):
         parse_config(["--preset", "tiny", "--teacher-file", str(tmp_path / "none.pt")])
+
+
+def test_workers_build_different_banks_first(runs, tmp_path, monkeypatch):
+    """``Banks.prefetch``: a bank another process is building (its lock held) is skipped, the others are built,
+    so workers that need the same seeds' banks build different ones at the same time."""
+    import fcntl
+
+    from bdense_core.distill.sfd import bank_key
+    from bdense_core.schedule import BranchWeights
+    from bdense_core.teacher import train_teacher
+    from study.workers import Banks
+
+    monkeypatch.setenv("BDENSE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = parse_config(["--preset", "tiny", "--device", "cpu"])
+    teacher = train_teacher(cfg.preset.teacher, "cpu")
+    banks = Banks(cfg, teacher, keep=4)
+
+    def file(seed):
+        grid = cfg.trial_config(max(cfg.k_choices), BranchWeights(), seed, cfg.nfe, cfg.length)
+        n = grid.iterations * grid.batch_size
+        return cfg.cache_root / "banks" / bank_key(teacher.key, grid, n, seed + Banks.OFFSET, tuple(cfg.k_choices))
+
+    file(0).parent.mkdir(parents=True)
+    with open(file(0).with_suffix(".lock"), "a") as other:  # another worker builds seed 0's bank
+        fcntl.flock(other, fcntl.LOCK_EX)
+        banks.prefetch([(cfg.nfe, cfg.length, 0), (cfg.nfe, cfg.length, 1), (cfg.nfe, cfg.length, 2)])
+        assert set(banks.cache) == {(cfg.nfe, cfg.length, 1), (cfg.nfe, cfg.length, 2)}
+        assert not file(0).exists() and file(1).exists() and file(2).exists()
+    assert banks(cfg.nfe, cfg.length, 0) is not None and file(0).exists()  # asked for: waited for, then built

@@ -78,8 +78,10 @@ class Framework:
         """The framework-specific settings a study records next to its trials (JSON-able)."""
         return {}
 
-    def shared_paths(self, teacher, config, *, size: int, seed: int, root, k_choices: tuple[int, ...]):
-        """Teacher paths computed once and shared by trials (a bank), or None where the framework has none."""
+    def shared_paths(self, teacher, config, *, size: int, seed: int, root, k_choices: tuple[int, ...],
+                     wait: bool = True):
+        """Teacher paths computed once and shared by trials (a bank), or None where the framework has none
+        (or, with ``wait=False``, while another process builds it)."""
         return None
 
     def k_choices(self, wanted: tuple[int, ...]) -> tuple[int, ...]:

@@ -259,28 +259,70 @@ def bank_key(teacher_key: str, config: SFDConfig, n: int, seed: int, k_choices: 
 
 def cached_trajectory_bank(
     teacher: Teacher, n: int, config: SFDConfig, seed: int, root, k_choices: tuple[int, ...] | None = None,
-    dtype: torch.dtype = torch.float16,
-) -> TrajectoryBank:
+    dtype: torch.dtype = torch.float16, wait: bool = True,
+) -> TrajectoryBank | None:
     """:func:`build_trajectory_bank`, saved under ``root/banks`` and loaded from there by every later process
     (the workers of a study load the bank their parent built instead of solving the teacher again). One file
-    per seed: trials of different seeds train on different paths."""
+    per seed: trials of different seeds train on different paths.
+
+    Processes sharing ``root`` build each bank once: the builder holds a lock on the bank's ``.lock`` file, and
+    another process that needs the bank waits for it and loads the file; with ``wait=False`` it returns None at
+    once instead (it may build another bank meanwhile: :meth:`study.workers.Banks.prefetch`)."""
     import os
     from pathlib import Path
 
     fast = use_fast(teacher.device, config.fast)
     path = Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices, fast)
-    if path.exists():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return TrajectoryBank(saved["states"].to(teacher.device), saved["grid"], tuple(saved["points"]))
-        except Exception:  # noqa: BLE001 - a torn file from a killed process: build it again
-            pass
-    bank = build_trajectory_bank(teacher, n, config, seed, dtype=dtype, k_choices=k_choices)
+    bank = _load_bank(path, teacher.device)
+    if bank is not None:
+        return bank
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"states": bank.states.cpu(), "grid": bank.grid.cpu(), "points": list(bank.points)}, tmp)
-    os.replace(tmp, path)
-    return bank
+    with open(path.with_suffix(".lock"), "a") as lock:
+        if not _lock(lock, wait):
+            return None
+        try:
+            bank = _load_bank(path, teacher.device)  # built by the process this one waited for
+            if bank is not None:
+                return bank
+            bank = build_trajectory_bank(teacher, n, config, seed, dtype=dtype, k_choices=k_choices)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"states": bank.states.cpu(), "grid": bank.grid.cpu(), "points": list(bank.points)}, tmp)
+            os.replace(tmp, path)
+            return bank
+        finally:
+            _unlock(lock)
+
+
+def _load_bank(path, device) -> TrajectoryBank | None:
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return TrajectoryBank(saved["states"].to(device), saved["grid"], tuple(saved["points"]))
+    except Exception:  # noqa: BLE001 - a torn file from a killed process: build it again
+        return None
+
+
+def _lock(f, wait: bool) -> bool:
+    """An exclusive lock on the open file ``f`` (held until :func:`_unlock` or the process ends); False when
+    ``wait`` is off and another process holds it. Without fcntl (not POSIX) there is no lock: always True."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(f) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def afs_step(x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
@@ -684,13 +726,15 @@ class SFD(Framework):
     def settings(self, config: SFDConfig) -> dict:
         return dict(teacher_substeps=config.teacher_substeps, afs=config.afs, teacher_solver=config.teacher_solver)
 
-    def shared_paths(self, teacher, config: SFDConfig, *, size: int, seed: int, root, k_choices: tuple[int, ...]):
+    def shared_paths(self, teacher, config: SFDConfig, *, size: int, seed: int, root, k_choices: tuple[int, ...],
+                     wait: bool = True):
         """The bank of ``size`` paths from ``seed``'s noise (cached on disk per seed), or None when size <= 0
         (fresh paths). Pass the trial's seed for paths that vary with it; one seed for all trials makes the bank
-        "shared", which the study must record."""
+        "shared", which the study must record. ``wait=False``: None when another process is building it."""
         if size <= 0:
             return None
-        return cached_trajectory_bank(teacher, size, config, seed=seed, root=root, k_choices=tuple(k_choices))
+        return cached_trajectory_bank(teacher, size, config, seed=seed, root=root, k_choices=tuple(k_choices),
+                                      wait=wait)
 
 
 register(SFD())
