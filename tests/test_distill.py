@@ -135,6 +135,14 @@ def test_a_bank_another_process_is_building_is_waited_for_not_built_twice(teache
     assert bank is not None and path.exists() and bank.states.shape[0] == 8
 
 
+def test_large_banks_live_in_host_memory_by_a_fixed_size_rule():
+    from bdense_core.distill.sfd import BANK_GPU_BYTES, bank_device
+
+    assert bank_device("cuda:1", BANK_GPU_BYTES) == torch.device("cuda:1")
+    assert bank_device("cuda:1", BANK_GPU_BYTES + 1) == torch.device("cpu")
+    assert bank_device("cpu", 10 * BANK_GPU_BYTES) == torch.device("cpu")
+
+
 def test_progressive_distillation_lowers_error_against_teacher(teacher):
     data = load_images(TINY.teacher.data)
     for k in (1, 2):

@@ -268,3 +268,22 @@ def test_fp32_fast_sampling_is_the_eager_sampler_and_closer_to_it_than_bf16(gpu_
     d32 = (gpu_teacher.sample(1000, seed=0, fast=True, bf16=False) - eager).abs()
     d16 = (gpu_teacher.sample(1000, seed=0, fast=True) - eager).abs()
     assert d32.mean() < 2e-3 and d32.mean() < d16.mean() / 4, (d32.mean(), d16.mean())
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_bank_in_host_memory_trains_a_student_on_the_gpu(gpu_teacher, tmp_path, monkeypatch):
+    """Above BANK_GPU_BYTES a bank stays in pinned host memory and its batches go to the GPU as drawn; the
+    student trains as from a bank on the GPU (other row order, so equal only in distribution)."""
+    from bdense_core.distill import cached_trajectory_bank, sfd
+
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, branches=4, iterations=GPU_STEPS)
+    n = GPU_STEPS * cfg.batch_size
+    on_gpu = cached_trajectory_bank(gpu_teacher, n, cfg, seed=0, root=tmp_path / "a", k_choices=(1, 2, 4))
+    monkeypatch.setattr(sfd, "BANK_GPU_BYTES", 0)
+    on_host = cached_trajectory_bank(gpu_teacher, n, cfg, seed=0, root=tmp_path / "b", k_choices=(1, 2, 4))
+    assert on_gpu.states.is_cuda and not on_host.states.is_cuda and on_host.states.is_pinned()
+    assert torch.equal(on_host.states.cuda(), on_gpu.states)
+    a, b = distill(gpu_teacher, cfg, bank=on_gpu), distill(gpu_teacher, cfg, bank=on_host)
+    la, lb = [r["loss"] for r in a.history], [r["loss"] for r in b.history]
+    assert sum(lb) / len(lb) == pytest.approx(sum(la) / len(la), rel=0.1)

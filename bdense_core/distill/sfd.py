@@ -273,7 +273,9 @@ def cached_trajectory_bank(
 
     fast = use_fast(teacher.device, config.fast)
     path = Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices, fast)
-    bank = _load_bank(path, teacher.device)
+    points = needed_points(config, k_choices) if k_choices else range(config.teacher_grid().numel())
+    place = bank_device(teacher.device, n * len(points) * math.prod(teacher.image_shape) * dtype.itemsize)
+    bank = _load_bank(path, place)
     if bank is not None:
         return bank
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,10 +283,11 @@ def cached_trajectory_bank(
         if not _lock(lock, wait):
             return None
         try:
-            bank = _load_bank(path, teacher.device)  # built by the process this one waited for
+            bank = _load_bank(path, place)  # built by the process this one waited for
             if bank is not None:
                 return bank
-            bank = build_trajectory_bank(teacher, n, config, seed, dtype=dtype, k_choices=k_choices)
+            bank = _placed(build_trajectory_bank(teacher, n, config, seed, dtype=dtype, device=place,
+                                                 k_choices=k_choices), place)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save({"states": bank.states.cpu(), "grid": bank.grid.cpu(), "points": list(bank.points)}, tmp)
             os.replace(tmp, path)
@@ -293,12 +296,36 @@ def cached_trajectory_bank(
             _unlock(lock)
 
 
-def _load_bank(path, device) -> TrajectoryBank | None:
+# A bank larger than this stays in (pinned) host memory and its batches are copied to the GPU as they are drawn:
+# the banks of SFD's full budget (200k paths) take 10 GB at NFE 2 and 25 GB at NFE 5, and a trial of three seeds
+# holds three. A fixed size, not the free memory, decides, so a seed draws the same rows on every machine (a
+# bank's rows are permuted by a generator on the bank's device).
+BANK_GPU_BYTES = 12 * 2**30
+
+
+def bank_device(teacher_device: torch.device | str, nbytes: int) -> torch.device:
+    """Where a bank of ``nbytes`` lives: with the teacher, or on the host above :data:`BANK_GPU_BYTES`."""
+    teacher_device = torch.device(teacher_device)
+    return torch.device("cpu") if teacher_device.type != "cpu" and nbytes > BANK_GPU_BYTES else teacher_device
+
+
+def _placed(bank: TrajectoryBank, device: torch.device) -> TrajectoryBank:
+    """``bank`` on ``device``; host memory is pinned when a GPU is there to copy batches to."""
+    states = bank.states.to(device)
+    if device.type == "cpu" and torch.cuda.is_available():
+        try:
+            states = states.pin_memory()
+        except RuntimeError:  # pinned memory refused: pageable copies work too, only slower
+            pass
+    return TrajectoryBank(states, bank.grid, bank.points)
+
+
+def _load_bank(path, device: torch.device) -> TrajectoryBank | None:
     if not path.exists():
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return TrajectoryBank(saved["states"].to(device), saved["grid"], tuple(saved["points"]))
+        return _placed(TrajectoryBank(saved["states"], saved["grid"], tuple(saved["points"])), device)
     except Exception:  # noqa: BLE001 - a torn file from a killed process: build it again
         return None
 
