@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ablation", choices=ABLATIONS, default=None,
                    help="first enqueue a designed grid of fixed configurations (study/designs.py)")
     g.add_argument("--ablation-seeds", type=int, default=3, metavar="N", help="seeds per ablation configuration")
+    g.add_argument("--ablation-nfe", type=int, nargs="+", default=[2, 3, 4, 5], metavar="N",
+                   help="the NFE values of --ablation nfe (default: 2 3 4 5); one grid may be run in parts")
     g.add_argument("--ablation-length", choices=LENGTHS, default=None,
                    help="training length of the ablation's trials (default: --length); full in a screen study runs "
                         "the headline at full length next to its screen and confirmation")

@@ -77,6 +77,7 @@ class StudyConfig:
     ablation: str | None = None
     ablation_seeds: int = 3
     ablation_length: str | None = None  # the ablation trials' training length (None: the study's)
+    ablation_nfe: tuple[int, ...] = (2, 3, 4, 5)  # the NFE values of the nfe grid
     argv: tuple[str, ...] = field(default=(), compare=False)
 
     # -- derived --------------------------------------------------------------------------------------------
@@ -310,6 +311,8 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
     shared = {length: shared_at(length) for length in sorted(lengths)}
     nfe = shared[args.length].nfe
 
+    if any(n < 1 for n in args.ablation_nfe):
+        raise UsageError(f"--ablation-nfe {' '.join(map(str, args.ablation_nfe))}: every NFE must be >= 1")
     if args.ablation == "nfe" and not fw.nfe_per_trial:
         raise UsageError(f"--ablation nfe compares NFE 2-5, which --framework {framework} cannot (its NFE is fixed per study)")
     if args.paths != "fresh" and not fw.uses_bank:
@@ -347,6 +350,7 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
         length=args.length, shared=shared, paths=paths, fast=args.fast, objective=objective,
         confirm_top=args.confirm_top, confirm_seeds=args.confirm_seeds, confirm_length=args.confirm_length,
         ablation=args.ablation, ablation_seeds=args.ablation_seeds, ablation_length=args.ablation_length,
+        ablation_nfe=tuple(sorted(set(args.ablation_nfe))),
         argv=tuple(argv),
     )
 

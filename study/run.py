@@ -218,7 +218,8 @@ def plan_work(study, config: StudyConfig) -> int:
         from study.designs import best_bdense_params, enqueue_ablation
 
         n = enqueue_ablation(study, config.ablation, config.k_choices, best_params=best_bdense_params(study),
-                             seeds=config.ablation_seeds, fidelity=config.ablation_length or config.length)
+                             seeds=config.ablation_seeds, nfe_values=config.ablation_nfe,
+                             fidelity=config.ablation_length or config.length)
         _note(f"queued ablation '{config.ablation}': {n} configurations")
         return max(config.n_trials, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
     return config.n_trials

@@ -71,6 +71,10 @@ def test_bad_flags_raise_usage_errors(runs, argv, words):
 
 def test_ablation_length_defaults_to_the_study_length(runs):
     assert parse_config(["--preset", "tiny", "--ablation", "b"]).ablation_length is None
+    assert parse_config(["--preset", "tiny", "--ablation", "nfe"]).ablation_nfe == (2, 3, 4, 5)
+    assert parse_config(["--preset", "tiny", "--ablation", "nfe", "--ablation-nfe", "5", "4", "4"]).ablation_nfe == (4, 5)
+    with pytest.raises(UsageError, match="every NFE must be >= 1"):
+        parse_config(["--preset", "tiny", "--ablation", "nfe", "--ablation-nfe", "0"])
     full = parse_config(["--preset", "tiny", "--ablation", "nfe", "--ablation-length", "full"])
     assert full.ablation_length == "full" and full.length == "screen"
     # the full-length config a trial of that grid trains with is there (without the flag it is not)
