@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the preset's")
     g.add_argument("--no-fast", dest="fast", action="store_false",
                    help="turn the CUDA fast path off (torch.compile, CUDA graphs, bf16, fused optimizer)")
+    g.add_argument("--teacher-fp32", action="store_true",
+                   help="SFD: solve the teacher's paths in fp32 on the fast path (default bf16, which moves the "
+                        "shipped teacher's own FID by about +0.5)")
     g.add_argument("--runs-dir", default=None, metavar="DIR",
                    help=f"run folder for the default stores and caches; default: ${RUNS_DIR_ENV} or ./runs")
     g.add_argument("--mlflow-uri", default=None, metavar="URI",

@@ -149,7 +149,7 @@ class StudyConfig:
             k_choices=list(self.k_choices), fid_samples=self.preset.fid_samples, iterations=self.iterations,
             a_range=list(self.a_range), b_range=list(self.b_range), w_range=list(self.w_range),
             seeds_per_trial=self.seeds_per_trial, objective=self.objective, paths=self.paths, length=self.length,
-            **{k: v for k, v in self.fw.settings(self.shared[self.length]).items() if k == "distance"},
+            **{k: v for k, v in self.fw.settings(self.shared[self.length]).items() if k in ("distance", "teacher_fp32")},
         )
 
 
@@ -274,6 +274,8 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
     fw = get_framework(framework)
     if args.distance is not None and not hasattr(preset.config(framework), "distance"):
         raise UsageError(f"--distance applies to --framework pd only (not {framework})")
+    if args.teacher_fp32 and not hasattr(preset.config(framework), "teacher_bf16"):
+        raise UsageError(f"--teacher-fp32 applies to --framework sfd only (not {framework})")
     k_choices = _k_choices(args.k, preset, framework)
     if len(k_choices) < 2 and not args.ablation:
         raise UsageError("the search needs a K > 1 among --k (K = 1 is the baseline every study runs)")
@@ -293,6 +295,8 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
         if args.iterations is not None and length == args.length:
             p = p.with_configs(lambda c: replace(c, iterations=args.iterations))
         p = p.with_configs(lambda c: replace(c, fast=args.fast) if hasattr(c, "fast") else c)
+        if args.teacher_fp32:
+            p = p.with_configs(lambda c: replace(c, teacher_bf16=False) if hasattr(c, "teacher_bf16") else c)
         if args.distance is not None:
             p = p.with_configs(lambda c: replace(c, distance=args.distance) if hasattr(c, "distance") else c)
         try:

@@ -152,7 +152,8 @@ def teacher_paths_label(cfg: StudyConfig) -> str:
     """How a study's SFD students get their teacher paths, as the tables name it."""
     if not cfg.fw.uses_bank:
         return "data"
-    return {"seed": "seed bank", "shared": "shared bank", "fresh": "fresh"}[cfg.paths]
+    label = {"seed": "seed bank", "shared": "shared bank", "fresh": "fresh"}[cfg.paths]
+    return label if getattr(cfg.shared[cfg.length], "teacher_bf16", True) else f"{label}, teacher in fp32"
 
 
 def distil(plans: list[Plan], ctx: Context) -> None:

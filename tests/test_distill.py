@@ -135,6 +135,21 @@ def test_a_bank_another_process_is_building_is_waited_for_not_built_twice(teache
     assert bank is not None and path.exists() and bank.states.shape[0] == 8
 
 
+def test_an_fp32_teacher_bank_has_its_own_key_and_bf16_keys_are_unchanged():
+    from bdense_core.distill.sfd import bank_key
+
+    cfg = TINY.config("sfd")
+    fp32 = replace(cfg, teacher_bf16=False)
+    assert bank_key("t", fp32, 8, 0, None, fast=True) != bank_key("t", cfg, 8, 0, None, fast=True)
+    # the eager path never runs the compiled teacher: the switch changes nothing there
+    assert bank_key("t", fp32, 8, 0, None, fast=False) == bank_key("t", cfg, 8, 0, None, fast=False)
+    # the key of a bf16 bank is what it was before the switch existed (banks cached on disk stay valid)
+    import hashlib
+    what = ("v2", "t", cfg.intervals, cfg.teacher_substeps, cfg.teacher_solver, cfg.sigma_min, cfg.sigma_max,
+            cfg.rho, cfg.amp, True, 8, 0, None)
+    assert bank_key("t", cfg, 8, 0, None, fast=True) == "bank-" + hashlib.sha256(repr(what).encode()).hexdigest()[:16] + ".pt"
+
+
 def test_large_banks_live_in_host_memory_by_a_fixed_size_rule():
     from bdense_core.distill.sfd import BANK_GPU_BYTES, bank_device
 

@@ -287,3 +287,13 @@ def test_a_bank_in_host_memory_trains_a_student_on_the_gpu(gpu_teacher, tmp_path
     a, b = distill(gpu_teacher, cfg, bank=on_gpu), distill(gpu_teacher, cfg, bank=on_host)
     la, lb = [r["loss"] for r in a.history], [r["loss"] for r in b.history]
     assert sum(lb) / len(lb) == pytest.approx(sum(la) / len(la), rel=0.1)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_an_fp32_teacher_bank_follows_the_eager_teacher_closer_than_bf16(gpu_teacher):
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, branches=4)
+    eager = build_trajectory_bank(gpu_teacher, 1000, replace(cfg, fast=False), seed=0).states
+    bf16 = build_trajectory_bank(gpu_teacher, 1000, cfg, seed=0).states
+    fp32 = build_trajectory_bank(gpu_teacher, 1000, replace(cfg, teacher_bf16=False), seed=0).states
+    assert (fp32 - eager).abs().mean() < (bf16 - eager).abs().mean() / 4

@@ -231,3 +231,17 @@ def test_workers_build_different_banks_first(runs, tmp_path, monkeypatch):
         assert set(banks.cache) == {(cfg.nfe, cfg.length, 1), (cfg.nfe, cfg.length, 2)}
         assert not file(0).exists() and file(1).exists() and file(2).exists()
     assert banks(cfg.nfe, cfg.length, 0) is not None and file(0).exists()  # asked for: waited for, then built
+
+
+def test_teacher_fp32_is_a_recorded_setting_of_sfd_studies(runs):
+    plain = parse_config(["--preset", "tiny"])
+    fp32 = parse_config(["--preset", "tiny", "--teacher-fp32"])
+    assert plain.shared[plain.length].teacher_bf16 and not fp32.shared[fp32.length].teacher_bf16
+    # named in the tables and in what a resumed study must share, only where it is on (older stores read as before)
+    assert "teacher_fp32" not in plain.settings() and fp32.settings()["teacher_fp32"] is True
+    assert "teacher_fp32" not in plain.compatibility() and fp32.compatibility()["teacher_fp32"] is True
+    from study.objective import teacher_paths_label
+
+    assert teacher_paths_label(plain) == "seed bank" and teacher_paths_label(fp32) == "seed bank, teacher in fp32"
+    with pytest.raises(UsageError, match="--teacher-fp32 applies to --framework sfd only"):
+        parse_config(["--preset", "tiny", "--framework", "pd", "--teacher-fp32"])

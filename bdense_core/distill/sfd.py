@@ -74,6 +74,7 @@ class SFDConfig:
     seed: int = 0  # sets the teacher paths a student trains on and their order
     amp: bool = False  # eager path: bf16 autocast for the student (and the bank's teacher) on CUDA
     fast: bool = True  # CUDA: compiled bf16 training and sampling (the CPU always runs eager); False: eager
+    teacher_bf16: bool = True  # fast path: the teacher's paths on the compiled sampler in bf16 (False: fp32)
     log_every: int | None = None  # records are read from the device every this many iterations (None: 20 fast, 1 eager)
 
     def __post_init__(self):
@@ -206,11 +207,12 @@ def teacher_trajectories(teacher: Teacher, x_T: torch.Tensor, config: SFDConfig,
                          amp: bool = False) -> torch.Tensor:
     """The teacher's states at every point of ``config.teacher_grid()``: ``[B, points, C, H, W]`` (fp32).
 
-    ``fast`` (None: ``config.fast``) runs the teacher on the process's compiled bf16 sampler for this batch
-    size on CUDA; otherwise eagerly, under bf16 autocast if ``amp`` (CUDA only)."""
+    ``fast`` (None: ``config.fast``) runs the teacher on the process's compiled sampler for this batch size on
+    CUDA, in bf16 unless ``config.teacher_bf16`` is off; otherwise eagerly, under bf16 autocast if ``amp`` (CUDA
+    only)."""
     grid = config.teacher_grid()
     if use_fast(x_T.device, config.fast if fast is None else fast):
-        engine = sampling_engine(teacher.denoiser, batch=x_T.shape[0])
+        engine = sampling_engine(teacher.denoiser, batch=x_T.shape[0], bf16=config.teacher_bf16)
         _, states = solve(engine, x_T, grid, config.teacher_solver, return_states=True)
         return states
     with autocast(x_T.device, amp):
@@ -254,6 +256,8 @@ def bank_key(teacher_key: str, config: SFDConfig, n: int, seed: int, k_choices: 
     what = ("v2", teacher_key, config.intervals, config.teacher_substeps, config.teacher_solver, config.sigma_min,
             config.sigma_max, config.rho, config.amp, fast, n, seed,
             needed_points(config, k_choices) if k_choices else None)
+    if fast and not config.teacher_bf16:  # the keys of bf16 banks stay what they were
+        what += ("teacher fp32",)
     return "bank-" + hashlib.sha256(repr(what).encode()).hexdigest()[:16] + ".pt"
 
 
@@ -751,7 +755,10 @@ class SFD(Framework):
         return replace(config, nfe=config.nfe if nfe is None else nfe, branches=branches, weights=weights, seed=seed)
 
     def settings(self, config: SFDConfig) -> dict:
-        return dict(teacher_substeps=config.teacher_substeps, afs=config.afs, teacher_solver=config.teacher_solver)
+        out = dict(teacher_substeps=config.teacher_substeps, afs=config.afs, teacher_solver=config.teacher_solver)
+        if not config.teacher_bf16:  # named where it is not the default, so studies made before read as they were
+            out["teacher_fp32"] = True
+        return out
 
     def shared_paths(self, teacher, config: SFDConfig, *, size: int, seed: int, root, k_choices: tuple[int, ...],
                      wait: bool = True):
