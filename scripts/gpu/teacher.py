@@ -2,7 +2,7 @@
 
     source scripts/gpu/stage.sh
     python scripts/gpu/teacher.py --preset fmnist-gpu --candidate --budget-s 480 --out "$OUT"
-    python scripts/gpu/teacher.py --preset fmnist-gpu --score results/teachers/teacher-fmnist-gpu.pt --steps 18 48 --out "$OUT"
+    python scripts/gpu/teacher.py --preset fmnist-gpu --score results/teachers/teacher-fmnist-gpu.pt --steps 32 48 --out "$OUT"
 
 On several GPUs, start it with torchrun, one process a GPU (data-parallel; the preset's batch is the global
 batch, split evenly; rank 0 writes the checkpoint and the teacher and scores it alone):
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             p.exit(2, f"error: {e}\n")
         if teacher.config.data != preset.teacher.data:
             p.exit(2, f"error: {args.score} was trained on other data than preset {preset.name}'s; pick its preset\n")
-        return score(teacher, preset, device, out, out / f"score-{teacher.key}.json", args.steps, path=None, gpus=None)
+        return score(teacher, preset, device, out / f"score-{teacher.key}.json", args.steps, path=None, gpus=None)
     t0 = time.perf_counter()
     last = [None, None]  # time and step of the last report (the first: where this call's training began)
 
@@ -123,11 +123,11 @@ def main(argv=None) -> int:
           f"final loss {sum(teacher.loss_history[-100:]) / 100:.4f}")
     path = save_teacher(teacher, out / f"teacher-{preset.name}.pt", half=True)
     # the processes that trained it, when this call trained it (a cached teacher's are not known here)
-    return score(teacher, preset, device, out, out / f"teacher-{preset.name}.json", args.steps, path,
+    return score(teacher, preset, device, out / f"teacher-{preset.name}.json", args.steps, path,
                  gpus=None if teacher.from_cache else world)
 
 
-def score(teacher, preset, device, out: Path, record_file: Path, steps: list[int], path: Path | None,
+def score(teacher, preset, device, record_file: Path, steps: list[int], path: Path | None,
           gpus: int | None) -> int:
     """FID/KID of ``teacher`` on every sampler the module's docstring lists; the record goes to ``record_file``."""
     try:
@@ -146,7 +146,8 @@ def score(teacher, preset, device, out: Path, record_file: Path, steps: list[int
     def fid_at(n_steps: int, bf16: bool) -> dict:
         start = time.perf_counter()
         images = teacher.sample(preset.fid_samples, seed=2024, steps=n_steps, bf16=bf16)
-        torch.cuda.synchronize() if images.is_cuda else None
+        if images.is_cuda:
+            torch.cuda.synchronize()
         s = evaluator(to_uint8(images))
         return dict(fid=s["fid"], kid=s["kid"], samples_per_s=preset.fid_samples / (time.perf_counter() - start))
 
