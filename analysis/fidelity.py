@@ -55,7 +55,8 @@ def fidelity_table(trials: pd.DataFrame, nfe: int | None = None, alpha: float = 
     rows = []
     for key, g in full_gs.items():
         mine = [r for r in full_recs if C.config_key(r) == key]
-        screen_trials = sorted({int(v) for r in mine if (v := _num(r.get(C.SCREEN_TRIAL))) is not None})
+        # -1: confirmed without a screen trial of its own (a baseline the screen ran in another form)
+        screen_trials = sorted({int(v) for r in mine if (v := _num(r.get(C.SCREEN_TRIAL))) is not None and v >= 0})
         ranks = [int(v) for r in mine if (v := _num(r.get(C.CONFIRM_RANK))) is not None]
         st_fids = [fids[t] for t in screen_trials if t in fids]
         rows.append({
