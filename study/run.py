@@ -227,17 +227,23 @@ def plan_work(study, config: StudyConfig) -> int:
 
 def plan_confirmation(study, config: StudyConfig) -> int:
     """Queue the full-length confirmation of the screen's top configurations and both baselines (missing
-    (configuration, seed) pairs only); returns how many confirmation trials wait to run, those an earlier,
-    stopped command queued included."""
+    (configuration, seed) pairs only); returns how many trials the phase runs: every queued trial, those an
+    earlier, stopped command queued included (workers take queued trials oldest first, whatever their role, so
+    counting fewer would leave the newest confirmation trials waiting)."""
+    from optuna.trial import TrialState
+
     from study.confirm import enqueue_confirmation, waiting_confirmation
 
     n = enqueue_confirmation(study, config)
-    waiting = waiting_confirmation(study, config)
+    confirming = waiting_confirmation(study, config)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     if n:
         _note(f"queued confirmation: the top {config.confirm_top} configurations and both baselines at "
               f"{config.confirm_length} length, seeds {config.confirm_seed_list}: {n} trials")
-    if waiting > n:
-        _note(f"confirmation: {waiting - n} trials queued by an earlier command still to run")
+    if confirming > n:
+        _note(f"confirmation: {confirming - n} trials queued by an earlier command still to run")
+    if waiting > confirming:
+        _note(f"also {waiting - confirming} other queued trials (a stopped command's baselines or grid) run now")
     return waiting
 
 

@@ -390,6 +390,9 @@ def test_a_stopped_confirmation_runs_its_queued_trials_when_resumed(tmp_path, ca
     monkeypatch.setenv("BDENSE_RUNS_DIR", str(runs))
     queued = enqueue_confirmation(load(runs, "stop"), parse_config(FAST + confirm))  # what the stopped command left
     assert queued == 3
+    # and a screen trial queued after them (as the K = 4 uniform baseline is when such a study resumes): workers
+    # take queued trials oldest first, so the phase must count it too or the last confirmation trial stays queued
+    load(runs, "stop").enqueue_trial({"K": 2, "a": 0.0, "b": 1.0}, user_attrs={"role": "search", "fidelity": "screen"})
     # a grid now would take its best from an unfinished confirmation: refused, one line, nothing run
     refused = run_cli(FAST + confirm + ["--ablation", "b"], runs, cache_dir)
     _check(refused, 2)
@@ -397,5 +400,7 @@ def test_a_stopped_confirmation_runs_its_queued_trials_when_resumed(tmp_path, ca
     res = run_cli(FAST + confirm, runs, cache_dir)
     _check(res)
     assert "confirmation: 3 trials queued by an earlier command still to run" in res.stderr
-    full = [t for t in load(runs, "stop").get_trials() if t.user_attrs.get("fidelity") == "full"]
-    assert len(full) == 3 and all(t.state == TrialState.COMPLETE for t in full)
+    assert "also 1 other queued trials" in res.stderr
+    trials = load(runs, "stop").get_trials()
+    full = [t for t in trials if t.user_attrs.get("fidelity") == "full"]
+    assert len(full) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
