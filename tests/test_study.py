@@ -404,3 +404,25 @@ def test_a_stopped_confirmation_runs_its_queued_trials_when_resumed(tmp_path, ca
     trials = load(runs, "stop").get_trials()
     full = [t for t in trials if t.user_attrs.get("fidelity") == "full"]
     assert len(full) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_full_length_grid_in_a_screen_study_takes_the_confirmed_best(tmp_path, cache_dir):
+    """After screen and confirmation, ``--ablation b --ablation-length full`` trains the b grid at full length in
+    the same study, at the K and a of the best full-length configuration, on the confirmation's seeds."""
+    from bdense_core.presets import get_preset
+
+    runs = tmp_path / "runs"
+    base = FAST + ["--study-name", "grid", "--confirm-top", "1", "--confirm-seeds", "1"]
+    _check(run_cli(base + ["--n-trials", "3"], runs, cache_dir))
+    res = run_cli(base + ["--n-trials", "0", "--ablation", "b", "--ablation-length", "full"], runs, cache_dir)
+    _check(res)
+    trials = load(runs, "grid").get_trials()
+    full = [t for t in trials if t.user_attrs.get("role") == "confirm" and t.params.get("K", 1) > 1]
+    best = min(full, key=lambda t: t.value)  # one seed each: the confirmed best is the lowest K > 1 trial
+    grid = [t for t in trials if t.user_attrs.get("role") == "ablation:b"]
+    full_iterations = get_preset("tiny").at_length("full").config("sfd").iterations
+    assert len(grid) == 3 and all(t.state == TrialState.COMPLETE for t in grid)
+    assert all(t.user_attrs["fidelity"] == "full" and t.user_attrs["iterations"] == full_iterations for t in grid)
+    assert {(t.params["K"], t.params["a"]) for t in grid} == {(best.params["K"], best.params["a"])}
+    assert sorted(t.params["b"] for t in grid) == [0.1, 1.0, 10.0]
+    assert {tuple(t.user_attrs["seeds"]) for t in grid} == {(1000, 1001, 1002)}
