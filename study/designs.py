@@ -214,9 +214,9 @@ def _same(p: Mapping[str, Any], q: Mapping[str, Any]) -> bool:
 
 
 def _trial_params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """A trial's params as a grid writes them; a waiting (enqueued) trial keeps them in the system attribute
-    ``fixed_params``; a K = 1 trial holds none (see ``space.enqueue``), so it reads as K = 1, a = 0, b = 1."""
-    params = dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+    """A trial's params as a grid writes them (``space.trial_params``: drawn, or fixed while it waits); a K = 1
+    trial holds none (see ``space.enqueue``), so it reads as K = 1, a = 0, b = 1."""
+    params = space.trial_params(t)
     if int(t.user_attrs.get(C.PARAM_K, 0) or 0) == 1:
         return _params(1, 0.0, 1.0, "free" if any(_W.match(k) for k in params) else "exp")
     return params

@@ -39,6 +39,11 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 
+try:
+    import fcntl  # POSIX: the lock that lets one process build a bank others wait for
+except ImportError:  # pragma: no cover - not POSIX: banks may be built twice, never torn (atomic replace)
+    fcntl = None
+
 import torch
 from torch import nn
 
@@ -337,9 +342,7 @@ def _load_bank(path, device: torch.device) -> TrajectoryBank | None:
 def _lock(f, wait: bool) -> bool:
     """An exclusive lock on the open file ``f`` (held until :func:`_unlock` or the process ends); False when
     ``wait`` is off and another process holds it. Without fcntl (not POSIX) there is no lock: always True."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return True
     try:
         fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -349,11 +352,8 @@ def _lock(f, wait: bool) -> bool:
 
 
 def _unlock(f) -> None:
-    try:
-        import fcntl
-    except ImportError:
-        return
-    fcntl.flock(f, fcntl.LOCK_UN)
+    if fcntl is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def afs_step(x: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
