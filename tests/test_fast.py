@@ -212,6 +212,16 @@ def test_lengths_by_name():
         replace(get_preset("fmnist-gpu"), full_bank_size=10000).at_length("full")
 
 
+def test_the_fast_path_lets_cudnn_pick_its_convolution_algorithms(monkeypatch):
+    """Static shapes: compiling a network for the fast path turns cuDNN's autotuner on (the study's workers,
+    not only the benchmark, run with it). torch.compile is lazy, so this compiles nothing on the CPU."""
+    from bdense_core.fast import compiled
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    compiled(torch.nn.Identity())
+    assert torch.backends.cudnn.benchmark
+
+
 def test_sampling_depends_on_seed_and_index_only(teacher):
     a = teacher.sample(7, seed=3, batch_size=3)
     b = teacher.sample(7, seed=3, batch_size=7)

@@ -172,3 +172,45 @@ def test_teacher_script_bad_input_is_one_line_exit_2(tmp_path, tiny_teacher_file
             script.main(["--preset", "tiny", *argv, "--out", str(tmp_path / "o"), "--device", "cpu"])
         err = capsys.readouterr().err
         assert e.value.code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_banks_script_solves_the_banks_a_study_then_loads_without_solving(tmp_path, tiny_teacher_file, monkeypatch):
+    """`scripts/gpu/banks.py`: the banks named on the command line land in the cache under the keys the study's
+    workers ask for, so a study with the same options loads them (solving again would fail here)."""
+    from bdense_core.distill import sfd
+    from study.cli import parse_config
+    from study.run import prepare_teacher
+    from study.workers import Banks
+
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(tmp_path / "runs"))
+    _, file = tiny_teacher_file
+    opts = ["--preset", "tiny", "--teacher-file", str(file), "--k", "2", "3", "--confirm-top", "1", "--device", "cpu"]
+    script = _load_gpu("banks")
+    assert script.main(["--bank", "2:screen:0", "--bank", "2:full:1000", "--", *opts]) == 0
+    assert len(list((tmp_path / "cache" / "banks").glob("bank-*.pt"))) == 2
+
+    def solve(*args, **kwargs):
+        raise AssertionError("the study solved a bank that banks.py had solved")
+
+    monkeypatch.setattr(sfd, "build_trajectory_bank", solve)
+    config = parse_config(opts)
+    banks = Banks(config, prepare_teacher(config, "cpu", announce=False))
+    for length, seed in (("screen", 0), ("full", 1000)):
+        shared = config.shared[length]
+        assert len(banks(2, length, seed)) == shared.iterations * shared.batch_size
+    with pytest.raises(AssertionError, match="solved a bank"):
+        banks(2, "screen", 1)  # a seed banks.py was not asked for
+
+
+def test_banks_script_bad_input_is_one_line_exit_2(tmp_path, tiny_teacher_file, monkeypatch, capsys):
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(tmp_path / "runs"))
+    _, file = tiny_teacher_file
+    script = _load_gpu("banks")
+    with pytest.raises(SystemExit) as e:
+        script.main(["--bank", "2:full", "--", "--preset", "tiny"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "NFE:LENGTH:SEED" in err
+    assert script.main(["--bank", "2:full:1000", "--", "--preset", "tiny", "--teacher-file", str(file)]) == 2
+    err = capsys.readouterr().err
+    assert "trains nothing at length 'full'" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "cache" / "banks").exists()
