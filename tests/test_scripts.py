@@ -111,6 +111,9 @@ def test_bg_stop_is_ctrl_c_for_a_study_and_study_sh_still_packs_the_run_folder(t
         "echo \"study started: $*\"\n"
         "while :; do sleep 0.05; done\n")
     (fake / "python").chmod(0o755)
+    (stage / "runs" / "cache").mkdir(parents=True)  # caches stay out of the pack
+    (stage / "runs" / "cache" / "bank.pt").write_bytes(b"0" * 100)
+    (out / "runs.tgz.part.zz").write_bytes(b"a piece of an earlier pack")
     env = {**os.environ, "OUT": str(out), "BDENSE_STAGE_DIR": str(stage), "PATH": f"{fake}:{os.environ['PATH']}"}
     run = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True,  # noqa: E731
                                      check=True, timeout=60).stdout
@@ -127,10 +130,54 @@ def test_bg_stop_is_ctrl_c_for_a_study_and_study_sh_still_packs_the_run_folder(t
     assert "Ctrl-C passed on to the studies" in status and "study.sh: exit 130" in status
     packed = subprocess.run(f"cat {out}/runs.tgz.part.* | tar -tzf -", shell=True, capture_output=True, text=True,
                             check=True).stdout.split()
-    assert {"./trial-0", "./trial-1"} <= set(packed)  # the interruption was written before the run folder was packed
+    assert {"trial-0", "trial-1"} <= {p.removeprefix("./") for p in packed}  # the interruption was packed too
+    assert not any("cache" in p for p in packed) and not (out / "runs.tgz.part.zz").exists()
+    joined = b"".join(f.read_bytes() for f in sorted(out.glob("runs.tgz.part.*")))
+    import hashlib
+
+    assert (out / "runs.tgz.sha256").read_text().strip() == hashlib.sha256(joined).hexdigest()
     assert (stage / "runs" / "trial-1").read_text().strip() == "interrupted"
     # a job that has ended is not signalled again
     assert "ended" in run("bash scripts/gpu/bg.sh stop screen")
+
+
+def test_study_sh_restores_a_carried_pack_only_when_its_checksum_holds(tmp_path):
+    """A run folder carried to a fresh machine as pieces with their checksum: a cut-short piece stops study.sh
+    (exit 2, one line) before any study runs; the whole pack is restored."""
+    import hashlib
+    import io
+    import os
+    import subprocess
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+    work, stage, fake = tmp_path / "work", tmp_path / "stage", tmp_path / "bin"
+    for d in (work / "scripts" / "gpu", work / ".gpu" / "runs", fake):
+        d.mkdir(parents=True)
+    for name in ("stage.sh", "study.sh"):
+        (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
+    (fake / "python").write_text("#!/usr/bin/env bash\necho \"study ran: $(cat $3/optuna-journal.log)\"\n")
+    (fake / "python").chmod(0o755)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"trial 7 complete"
+        info = tarfile.TarInfo("./optuna-journal.log")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    pack = buf.getvalue()
+    (work / ".gpu" / "runs" / "runs.tgz.sha256").write_text(hashlib.sha256(pack).hexdigest() + "\n")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "BDENSE_STAGE_DIR": str(stage),
+           "PATH": f"{fake}:{os.environ['PATH']}"}
+    run = lambda: subprocess.run(["bash", "scripts/gpu/study.sh", "1", "--", "--n-trials", "1"], cwd=work, env=env,  # noqa: E731
+                                 capture_output=True, text=True, timeout=60)
+    (work / ".gpu" / "runs" / "runs.tgz.part.aa").write_bytes(pack[:-10])
+    r = run()
+    assert r.returncode == 2 and "do not match runs.tgz.sha256" in r.stderr and r.stderr.count("\n") == 1
+    assert not (stage / "runs").exists()
+    (work / ".gpu" / "runs" / "runs.tgz.part.aa").write_bytes(pack)
+    r = run()
+    assert r.returncode == 0 and "run folder restored" in r.stdout
+    assert "study ran: trial 7 complete" in (tmp_path / "out" / "study-1.log").read_text()
 
 
 @pytest.fixture
