@@ -62,14 +62,24 @@ class Banks:
     drawn without replacement, so two seeds share nothing but the teacher and students of one seed share
     their paths (paired comparisons); ``shared``: one bank for every seed (the preset's size, at least the
     draws of one student); ``fresh``: none (the teacher solves every iteration). Banks are cached on disk by
-    the first process that needs them; this process keeps the last two in memory.
+    the first process that needs them; this process keeps in memory as many as the command has seeds in one
+    phase (at least two), since its trials go round those seeds: a grid trial trains every seed in turn and a
+    worker's confirmation trials come seed after seed, so keeping fewer reloads a bank for every trial (a
+    full-length bank at NFE 2 is 10 GB: 8-14 s from disk on the H200 machine, a quarter of a trial).
     """
 
     OFFSET = 10_007  # a bank's x_T stream is seeded apart from the student's draw order
 
-    def __init__(self, config, teacher, keep: int = 2):
-        self.config, self.teacher, self.keep = config, teacher, keep
+    def __init__(self, config, teacher, keep: int | None = None):
+        self.config, self.teacher = config, teacher
+        self.keep = keep if keep is not None else self.seeds_in_turn(config)
         self.cache: dict[tuple, Any] = {}
+
+    @staticmethod
+    def seeds_in_turn(config) -> int:
+        """How many banks a process keeps: the most seeds one phase of the command goes round (at least 2)."""
+        return max(2, len(config.seeds), config.confirm_seeds if config.confirm_top else 0,
+                   config.ablation_seeds if config.ablation else 0)
 
     def key(self, nfe: int, length: str, seed: int) -> tuple | None:
         cfg = self.config
@@ -81,7 +91,9 @@ class Banks:
         key = self.key(nfe, length, seed)
         if key is None:
             return None
-        if key not in self.cache:
+        if key in self.cache:
+            self.cache[key] = self.cache.pop(key)  # the most recently used goes last: the first is evicted first
+        else:
             self._fetch(key, wait=True)
         return self.cache[key]
 

@@ -233,6 +233,30 @@ def test_workers_build_different_banks_first(runs, tmp_path, monkeypatch):
     assert banks(cfg.nfe, cfg.length, 0) is not None and file(0).exists()  # asked for: waited for, then built
 
 
+def test_a_process_keeps_the_banks_of_the_seeds_its_trials_go_round(runs, monkeypatch):
+    """Trials go round a phase's seeds (a grid trial trains each seed in turn): a process keeps that many banks
+    (at least 2), the least recently used leaves first, so going round three seeds loads each bank once."""
+    from study.workers import Banks
+
+    assert Banks.seeds_in_turn(parse_config(["--preset", "tiny"])) == 2
+    assert Banks.seeds_in_turn(parse_config(["--preset", "tiny", "--seeds-per-trial", "4"])) == 4
+    confirm = parse_config(["--preset", "tiny", "--confirm-top", "2", "--confirm-seeds", "3"])
+    assert Banks.seeds_in_turn(confirm) == 3
+    assert Banks.seeds_in_turn(parse_config(["--preset", "tiny", "--ablation", "b", "--ablation-seeds", "5"])) == 5
+
+    loads = []
+    monkeypatch.setattr(type(confirm.fw), "shared_paths",
+                        lambda self, teacher, grid, size, seed, root, k_choices, wait: loads.append(seed) or seed)
+    banks = Banks(confirm, teacher=None)
+    for seed in (1000, 1001, 1002) * 3:
+        assert banks(confirm.nfe, "full", seed) == seed + Banks.OFFSET
+    assert loads == [s + Banks.OFFSET for s in (1000, 1001, 1002)]
+    two = Banks(confirm, teacher=None, keep=2)
+    for seed in (0, 1, 0, 2, 0):  # 1 leaves when 2 comes (0 was used after it): 0 stays
+        two(confirm.nfe, "full", seed)
+    assert loads[3:] == [s + Banks.OFFSET for s in (0, 1, 2)]
+
+
 def test_teacher_fp32_is_a_recorded_setting_of_sfd_studies(runs):
     plain = parse_config(["--preset", "tiny"])
     fp32 = parse_config(["--preset", "tiny", "--teacher-fp32"])
