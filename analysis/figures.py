@@ -182,13 +182,14 @@ def _ranking_panel(ax, trials: pd.DataFrame, ranked: pd.DataFrame, nfe: int | No
     ax.scatter(top["mean"], y, c=top["mean"], cmap=cmap, norm=norm, s=80, edgecolors="black", linewidths=0.5,
                zorder=2)
     band = replicate_band(trials, nfe, C.SCREEN)
-    if band:
-        lo, hi = band["mean"] - (band["sd"] if math.isfinite(band["sd"]) else 0.0), band["mean"] + (
-            band["sd"] if math.isfinite(band["sd"]) else 0.0)
-        ax.axvspan(lo, hi, color=BASELINE_COLOR, alpha=0.13, lw=0, zorder=0,
-                   label=f"K=1 replicates: {band['mean']:.3g} ± {band['sd']:.2g} s.d. "
-                         f"({band['n_runs']} runs, {band['n_seeds']} seeds; {band['min']:.3g}–{band['max']:.3g})")
+    if band and math.isfinite(band["sd"]):
+        ax.axvspan(band["mean"] - band["sd"], band["mean"] + band["sd"], color=BASELINE_COLOR, alpha=0.13, lw=0,
+                   zorder=0, label=f"K=1 replicates: {band['mean']:.3g} ± {band['sd']:.2g} s.d. "
+                                   f"({band['n_runs']} runs, {band['n_seeds']} seeds; {band['min']:.3g}–{band['max']:.3g})")
         ax.axvline(band["mean"], color=BASELINE_COLOR, ls="--", lw=1.3)
+    elif band:  # one K=1 run: a line, and no band to judge the ranking's differences by
+        ax.axvline(band["mean"], color=BASELINE_COLOR, ls="--", lw=1.3,
+                   label=f"K=1: {band['mean']:.3g} (one run: no noise band; replicate K=1 to get one)")
     for u in uniform_baseline(trials, fidelity=C.SCREEN):
         if u["nfe"] == nfe:
             ax.axvline(u["mean"], color="0.55", ls=":", lw=1.5, label=f"uniform a=0, K={u['K']}: {u['mean']:.3g}")

@@ -737,6 +737,24 @@ def test_noise_marks_and_replicate_band_on_the_screen():
     assert by_a[0.3].p == pytest.approx(2 * stats.t.sf(t, 5)) and 0.05 / 7 < by_a[0.3].p < 0.05
 
 
+def test_figure_4_with_one_k1_run_draws_its_line_and_says_there_is_no_band():
+    """One K=1 screen run has no s.d.: the ranking panel draws its FID as a line and says that a noise band
+    needs K=1 replicates, instead of a zero-width band labelled "± nan"."""
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import plot_ab_vs_fid
+
+    trials = trials_frame(confirm_study())
+    k1_screen = trials.index[(trials["K"] == 1) & (trials["fidelity"] == "screen")]
+    one = trials.drop(k1_screen[1:])
+    labels = [t.get_text() for ax in plot_ab_vs_fid(one).axes for leg in [ax.get_legend()] if leg for t in leg.get_texts()]
+    plt.close("all")
+    assert any("one run: no noise band" in t for t in labels) and not any("nan" in t for t in labels), labels
+    labels = [t.get_text() for ax in plot_ab_vs_fid(trials).axes for leg in [ax.get_legend()] if leg for t in leg.get_texts()]
+    plt.close("all")
+    assert any(t.startswith("K=1 replicates: ") and "(6 runs, 6 seeds" in t for t in labels), labels
+
+
 def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
     from analysis.report import make_report
 
