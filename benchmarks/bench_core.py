@@ -103,6 +103,19 @@ def step_time(teacher, configs, bank, head=None) -> float:
     return (stamps[last] - stamps[first]) / (last - first)
 
 
+def pd_step_time(teacher, config, data) -> float:
+    """Steady-state seconds per update of one PD round (``distill`` with ``config``, from the first to the last
+    record block)."""
+    stamps: dict[int, float] = {}
+    distill(teacher, replace(config, rounds=1), data=data, callback=lambda rec: stamps.setdefault(int(rec["step"]),
+                                                                                                  time.perf_counter()))
+    every = config.log_every or (20 if use_fast(teacher.device, config.fast) else 1)
+    first, last = min(every, config.iterations), config.iterations
+    if last <= first:
+        raise ValueError(f"pd_step_time needs more than {first} updates")
+    return (stamps[last] - stamps[first]) / (last - first)
+
+
 def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: Path, name: str | None = None) -> dict:
     """Run a short real study with ``workers`` processes and ``workers * trials`` trials; its trial rate."""
     import optuna
@@ -245,6 +258,18 @@ def main(argv=None) -> int:
     else:
         rows.append(("fast SFD iteration", "n/a: the fast path runs on CUDA only (this run: eager)"))
     section("fast iterations")
+    if use_fast(device, True):  # PD's update (K = 2: the teacher's two steps, the student's two branches)
+        pd = replace(preset.config("pd"), branches=2, iterations=fast_iters, log_every=1 if args.quick else 20)
+        data = load_images(preset.data)
+        t0 = time.perf_counter()
+        pd_fast = pd_step_time(teacher, replace(pd, fast=True), data)  # compiles
+        out["compile_pd_s"] = time.perf_counter() - t0 - fast_iters * pd_fast
+        pd_fast = pd_step_time(teacher, replace(pd, fast=True), data)
+        pd_eager = pd_step_time(teacher, replace(pd, fast=False, log_every=None), data)
+        out.update(pd_update_s_fast_K2=pd_fast, pd_update_s_eager_K2=pd_eager)
+        rows.append((f"PD update, K=2, batch {pd.batch_size}: eager / fast",
+                     f"{1e3 * pd_eager:.1f} ms / {1e3 * pd_fast:.2f} ms = x{pd_eager / pd_fast:.2f}"))
+        section("PD updates")
     per_n = {}
     for n in students:
         configs = [replace(fast_base, branches=4, seed=i) for i in range(n)]

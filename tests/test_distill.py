@@ -225,6 +225,43 @@ def test_pd_state_distance_trains_and_reports_every_round(teacher):
     assert result.history[0]["loss_branch_1"] < 1e-10 < result.history[0]["loss_branch_2"]
 
 
+def test_pd_records_read_in_blocks_equal_records_read_every_update(teacher):
+    """The fast path reads PD's records from the device every 20 updates; blocks (the last one short, at each
+    round's end) deliver the same records, in order, as reading every update, and the same student."""
+    data = load_images(TINY.teacher.data)
+    cfg = replace(TINY.config("pd"), branches=2, iterations=7, distance="state", weights=BranchWeights(a=0.5))
+    seen = []
+    every = distill(teacher, replace(cfg, log_every=1), data=data)
+    blocks = distill(teacher, replace(cfg, log_every=3), data=data, callback=seen.append)
+    assert blocks.history == every.history == seen and len(seen) == 2 * 7
+    assert [r["step"] for r in seen] == list(map(float, range(1, 15))) and seen[7]["round"] == 2.0
+    x = torch.randn(3, *teacher.image_shape) * cfg.sigma_max
+    with torch.no_grad():
+        assert torch.equal(blocks.sampler(x), every.sampler(x))
+        assert torch.equal(blocks.solve_with(blocks.student, x), blocks.sampler(x))  # what the fast sampler runs
+
+
+def test_pd_engine_copies_each_rounds_teacher_into_its_slot(teacher):
+    """The teacher slot after ``load_teacher(student)`` is the student's endpoint branch, and the student that
+    ``start`` hands out is the teacher's network with a widened head (a second trial starts afresh)."""
+    from bdense_core.distill.progressive import PDEngine
+
+    cfg = replace(TINY.config("pd"), branches=2)
+    engine = PDEngine(teacher, cfg, fast=False)
+    student = engine.start(teacher)
+    z, t = torch.randn(4, *teacher.image_shape), torch.full((4,), 2.0)
+    with torch.no_grad():
+        assert torch.allclose(engine.slot(z, t), teacher.denoiser(z, t), atol=1e-6)
+        assert torch.allclose(student(z, t), teacher.denoiser(z, t), atol=1e-6)
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        engine.load_teacher(student)
+        assert torch.allclose(engine.slot(z, t), student(z, t), atol=1e-5)
+        assert not torch.allclose(engine.slot(z, t), teacher.denoiser(z, t), atol=1e-3)
+        again = engine.start(teacher)
+        assert again is student and torch.allclose(again(z, t), teacher.denoiser(z, t), atol=1e-6)
+
+
 def test_divergence_is_reported(teacher):
     cfg = replace(TINY.config("sfd"), branches=2, iterations=2, weights=BranchWeights(a=0.0, b=1e39))
     with pytest.raises(DivergenceError, match="became (nan|inf) at step 1"):

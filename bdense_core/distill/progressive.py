@@ -53,13 +53,16 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
+from torch import nn
 
 from ..data import ImageSet
 from ..edm import karras_sigmas, sample_euler
+from ..fast import _Endpoint, compiled, new_step, use_fast
+from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher
-from .common import DistillResult, StepCallback, adam, branch_record, check_finite, make_student
+from .common import DistillResult, DivergenceError, StepCallback, adam, check_finite, make_student
 from .registry import Framework, register
 
 
@@ -87,6 +90,8 @@ class PDConfig:
     amp: bool = False
     distance: str = "x"  # "x": x-space targets, truncated SNR (Salimans & Ho); "state": DDIM states (the authors')
     gamma: float = 1.0  # the "state" distance's weight (1 + 1/sigma_t)^gamma
+    fast: bool = True  # CUDA: compiled bf16 update (teacher and student) and sampling; the CPU always runs eager
+    log_every: int | None = None  # records are read from the device every this many updates (None: 20 fast, 1 eager)
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
@@ -161,6 +166,71 @@ def pd_sample(student, x: torch.Tensor, config: PDConfig, steps: int) -> torch.T
     return sample_euler(student, x, config.grid(steps).to(x.device))
 
 
+FAST_LOG_EVERY = 20  # the fast path's default logging interval (updates)
+
+
+class PDStep(nn.Module):
+    """One PD update's forward: the teacher's two Euler steps, the student's K branches and their losses
+    (:func:`branch_losses`); ``forward(z, t, mid, s)`` returns the per-branch loss ``[K]``. ``teacher`` is the
+    engine's one-branch teacher slot; on the fast path (``fast``) it runs channels_last under bf16 autocast, and
+    the student follows ``config.amp`` on either path (the fast path's config has it on)."""
+
+    def __init__(self, student, teacher, config: PDConfig, fast: bool):
+        super().__init__()
+        self.student, self.teacher, self.config = student, _Endpoint(teacher) if fast else teacher, config
+
+    def forward(self, z, t, mid, s):
+        return branch_losses(self.student, self.teacher, z, t, mid, s, self.config)
+
+
+class PDEngine:
+    """The training state of one PD student: the student, a one-branch teacher slot that each round's teacher
+    is copied into (the preset's teacher, then the endpoint branch of the student that finished the round), and
+    the update's forward, compiled on the fast path. Fast-path engines are cached per process, so a worker
+    compiles the update once for all its trials and rounds (CUDA graphs keep the weights' addresses: new weights
+    are copied in, never swapped)."""
+
+    def __init__(self, teacher: Teacher, config: PDConfig, fast: bool):
+        d = teacher.denoiser
+        self.student = make_student(d, config.branches)
+        self.slot = copy.deepcopy(d).eval().requires_grad_(False)
+        if fast:
+            self.student = self.student.to(memory_format=torch.channels_last)
+            self.slot = self.slot.to(memory_format=torch.channels_last)
+        self.init = {k: v.clone() for k, v in self.student.state_dict().items()}
+        step = PDStep(self.student, self.slot, replace(config, amp=config.amp or fast), fast=fast)
+        self.step = compiled(step) if fast else step
+        self.busy = False
+
+    @torch.no_grad()
+    def start(self, teacher: Teacher) -> nn.Module:
+        """A new student (the teacher's network with a widened head) and the teacher in the slot."""
+        self.student.load_state_dict(self.init)
+        self.student.train().requires_grad_(True)
+        self.load_teacher(teacher.denoiser)
+        return self.student
+
+    @torch.no_grad()
+    def load_teacher(self, denoiser) -> None:
+        """Copy ``denoiser``'s endpoint branch into the teacher slot (the next round's teacher)."""
+        self.slot.load_state_dict(select_branches(denoiser.state_dict(), denoiser.channels, [denoiser.branches - 1],
+                                                  prefix="net."))
+
+
+_ENGINES: dict[tuple, PDEngine] = {}
+
+
+def _engine(teacher: Teacher, config: PDConfig, fast: bool) -> PDEngine:
+    if not fast:
+        return PDEngine(teacher, config, fast=False)
+    d = teacher.denoiser
+    key = (teacher.key, d.net.config, config.branches, config.batch_size, config.distance, config.gamma,
+           str(teacher.device))
+    if key not in _ENGINES:
+        _ENGINES[key] = PDEngine(teacher, config, fast=True)
+    return _ENGINES[key]
+
+
 def distill_pd(
     teacher: Teacher,
     config: PDConfig,
@@ -176,53 +246,84 @@ def distill_pd(
     frozen student (its ``sample()`` uses ``student_steps`` steps; its ``config.nfe`` is ``student_steps``).
     """
     device = teacher.device
+    fast = use_fast(device, config.fast)
     g = generator(config.seed, device)
     weights = config.weights.weights(config.branches).to(device)
-    current_teacher = teacher.denoiser
-    student = make_student(teacher.denoiser, config.branches)
-    history, steps_seen = [], 0
-    images = data.images.to(device)
-    start = time.perf_counter()
-    step = 0
-    for rnd in range(config.rounds):
-        n_student = config.teacher_steps // 2 ** (rnd + 1)
-        fine = config.grid(2 * n_student).to(device)
-        opt = adam(student.parameters(), config.lr, config.optimizer)
-        for it in range(config.iterations):
-            for group in opt.param_groups:  # linear annealing within the round
-                group["lr"] = config.lr * (1 - it / config.iterations)
-            idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
-            x0 = images[idx].float() / 127.5 - 1
-            i = torch.randint(0, n_student, (config.batch_size,), generator=g, device=device)
-            t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
-            z = x0 + t * torch.randn(x0.shape, generator=g, device=device)
-            per_branch = branch_losses(student, current_teacher, z, t, mid, s, config)
-            loss = (weights * per_branch).sum()
-            check_finite(loss, step + 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
-            opt.step()
-            step += 1
-            steps_seen += config.batch_size
-            rec = branch_record(step, loss, per_branch, endpoint_loss=float(per_branch[-1].detach()),
-                                round=float(rnd + 1), student_steps=float(n_student))
-            history.append(rec)
-            if callback is not None:
-                callback(rec)
-        # the student becomes the teacher of the next round (a frozen copy; training goes on in `student`)
-        current_teacher = copy.deepcopy(student).eval().requires_grad_(False)
-        if on_round is not None:
-            frozen = current_teacher
-            on_round(rnd + 1, n_student, DistillResult(
-                frozen, replace(config, rounds=rnd + 1), teacher, list(history), time.perf_counter() - start,
-                steps_seen, sampler=lambda x, m=frozen, n=n_student: pd_sample(m, x, config, n)))
-    wall = time.perf_counter() - start
-    student.eval().requires_grad_(False)
+    engine = _engine(teacher, config, fast)
+    if engine.busy:
+        raise RuntimeError("this process is already training a PD student of this shape; train one at a time")
+    engine.busy = True
+    try:
+        student = engine.start(teacher)
+        log_every = config.log_every or (FAST_LOG_EVERY if fast else 1)
+        log = torch.zeros(log_every, config.branches + 1, device=device)
+        history, steps_seen = [], 0
+        images = data.images.to(device)
+        start = time.perf_counter()
+        step = 0
+
+        def flush(rows: int, rnd: int, n_student: int) -> None:
+            """Deliver the last ``rows`` updates' records (one wait for the device per block)."""
+            for j, row in enumerate(log[:rows].tolist()):
+                n = step - rows + j + 1
+                if not all(map(math.isfinite, row)):
+                    raise DivergenceError(f"distillation loss became {row[0]} at step {n}; lower the learning rate "
+                                          f"or the weights")
+                rec = {"step": float(n), "loss": row[0]}
+                rec.update({f"loss_branch_{k + 1}": v for k, v in enumerate(row[1:])})
+                rec.update(endpoint_loss=row[-1], round=float(rnd + 1), student_steps=float(n_student))
+                history.append(rec)
+                if callback is not None:
+                    callback(rec)
+
+        for rnd in range(config.rounds):
+            n_student = config.teacher_steps // 2 ** (rnd + 1)
+            fine = config.grid(2 * n_student).to(device)
+            opt = adam(student.parameters(), config.lr, config.optimizer, fused=fast)
+            rows = 0
+            for it in range(config.iterations):
+                for group in opt.param_groups:  # linear annealing within the round
+                    group["lr"] = config.lr * (1 - it / config.iterations)
+                idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
+                x0 = images[idx].float() / 127.5 - 1
+                i = torch.randint(0, n_student, (config.batch_size,), generator=g, device=device)
+                t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
+                z = x0 + t * torch.randn(x0.shape, generator=g, device=device)
+                if fast:
+                    new_step()
+                per_branch = engine.step(z, t, mid, s)
+                loss = (weights * per_branch).sum()
+                if not fast:
+                    check_finite(loss, step + 1)  # eager: before a NaN can reach the weights
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
+                opt.step()
+                step += 1
+                steps_seen += config.batch_size
+                log[rows, 0] = loss.detach()
+                log[rows, 1:] = per_branch.detach()
+                rows += 1
+                if rows == log_every or it + 1 == config.iterations:
+                    flush(rows, rnd, n_student)
+                    rows = 0
+            # the student becomes the teacher of the next round (training goes on in `student`)
+            engine.load_teacher(student)
+            if on_round is not None:
+                frozen = copy.deepcopy(student).eval().requires_grad_(False)
+                on_round(rnd + 1, n_student, DistillResult(
+                    frozen, replace(config, rounds=rnd + 1), teacher, list(history), time.perf_counter() - start,
+                    steps_seen, sampler=lambda x, m=frozen, n=n_student: pd_sample(m, x, config, n),
+                    solve_with=lambda denoiser, x, n=n_student: pd_sample(denoiser, x, config, n)))
+        wall = time.perf_counter() - start
+        final = copy.deepcopy(student).eval().requires_grad_(False)
+    finally:
+        engine.busy = False
     return DistillResult(
-        student, config, teacher, history, wall, steps_seen,
-        sampler=lambda x: pd_sample(student, x, config, config.nfe),
+        final, config, teacher, history, wall, steps_seen,
+        sampler=lambda x: pd_sample(final, x, config, config.nfe),
+        solve_with=lambda denoiser, x: pd_sample(denoiser, x, config, config.nfe),
     )
 
 
