@@ -54,7 +54,7 @@ def new_step() -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-class _Endpoint(nn.Module):
+class Endpoint(nn.Module):
     """``denoiser(x, sigma)`` (endpoint branch, fp32 out), channels_last, the network under bf16 autocast if ``bf16``."""
 
     def __init__(self, denoiser: EDMPrecond, bf16: bool = True):
@@ -81,7 +81,7 @@ class SamplingEngine:
         self.batch, self.bf16 = batch, bf16
         self.model = EDMPrecond(UNet(net.config), channels, sigma_data).to(device).eval().requires_grad_(False)
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.run = compiled(_Endpoint(self.model, bf16))
+        self.run = compiled(Endpoint(self.model, bf16))
         self._loaded = None
 
     def load(self, denoiser: EDMPrecond, force: bool = False) -> "SamplingEngine":

@@ -30,19 +30,16 @@ def make_student(teacher_denoiser: EDMPrecond, branches: int) -> EDMPrecond:
     return student.train().requires_grad_(True)
 
 
+def diverged(value: float, step: int) -> DivergenceError:
+    """The error for a loss that became ``value`` (NaN or infinite) at ``step``."""
+    return DivergenceError(f"distillation loss became {value} at step {step}; lower the learning rate or the weights")
+
+
 def check_finite(loss: torch.Tensor, step: int) -> None:
     """Raise :class:`DivergenceError` before a NaN or infinite loss can reach the weights."""
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise DivergenceError(f"distillation loss became {value} at step {step}; lower the learning rate or the weights")
-
-
-def branch_record(step: int, total: torch.Tensor, per_branch: torch.Tensor, **extra: float) -> dict[str, float]:
-    """One loss record: ``loss`` and ``loss_branch_k`` for k = 1..K."""
-    rec = {"step": float(step), "loss": float(total.detach())}
-    rec.update({f"loss_branch_{k + 1}": float(v) for k, v in enumerate(per_branch.detach().cpu())})
-    rec.update(extra)
-    return rec
+        raise diverged(value, step)
 
 
 @dataclass

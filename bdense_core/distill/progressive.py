@@ -57,12 +57,12 @@ from torch import nn
 
 from ..data import ImageSet
 from ..edm import karras_sigmas, sample_euler
-from ..fast import _Endpoint, compiled, new_step, use_fast
+from ..fast import Endpoint, compiled, new_step, use_fast
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher
-from .common import DistillResult, DivergenceError, StepCallback, adam, check_finite, make_student
+from .common import DistillResult, StepCallback, adam, check_finite, diverged, make_student
 from .registry import Framework, register
 
 
@@ -177,7 +177,7 @@ class PDStep(nn.Module):
 
     def __init__(self, student, teacher, config: PDConfig, fast: bool):
         super().__init__()
-        self.student, self.teacher, self.config = student, _Endpoint(teacher) if fast else teacher, config
+        self.student, self.teacher, self.config = student, Endpoint(teacher) if fast else teacher, config
 
     def forward(self, z, t, mid, s):
         return branch_losses(self.student, self.teacher, z, t, mid, s, self.config)
@@ -267,8 +267,7 @@ def distill_pd(
             for j, row in enumerate(log[:rows].tolist()):
                 n = step - rows + j + 1
                 if not all(map(math.isfinite, row)):
-                    raise DivergenceError(f"distillation loss became {row[0]} at step {n}; lower the learning rate "
-                                          f"or the weights")
+                    raise diverged(row[0], n)
                 rec = {"step": float(n), "loss": row[0]}
                 rec.update({f"loss_branch_{k + 1}": v for k, v in enumerate(row[1:])})
                 rec.update(endpoint_loss=row[-1], round=float(rnd + 1), student_steps=float(n_student))

@@ -53,7 +53,7 @@ from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher, noise_batches
-from .common import DistillResult, DivergenceError, StepCallback, adam, make_student
+from .common import DistillResult, StepCallback, adam, diverged, make_student
 from .registry import Framework, per_config, register
 from .stack import StudentStack
 
@@ -589,8 +589,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                     row = data[j, n].tolist()
                     if not all(map(math.isfinite, row[:cfg.branches + 1] + row[-1:])):
                         bad = row[0] if not math.isfinite(row[0]) else float("nan")
-                        stop(n, DivergenceError(f"distillation loss became {bad} at step {step}; lower the "
-                                                f"learning rate or the weights"))
+                        stop(n, diverged(bad, step))
                         continue
                     rec = {"step": float(step), "loss": row[0]}
                     rec.update({f"loss_branch_{k + 1}": row[1 + k] for k in range(cfg.branches)})
