@@ -270,6 +270,9 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
         "seeds_per_trial": sorted({int(n) for n in done["n_seeds"]}),
         "n_seed_runs": int(done["n_seeds"].sum()),
         "roles": {str(k): int(v) for k, v in done["role"].value_counts().sort_index().items()},
+        # where the completed trials trained (the "device" attribute; older trials have none)
+        "devices": ({str(k): int(v) for k, v in done["device"].fillna("not recorded").value_counts().sort_index().items()}
+                    if "device" in done.columns else {"not recorded": int(len(done))}),
         "headline_fidelity": hf,
         "headline": heads,
         "uniform": uniform_baseline(trials),
@@ -486,7 +489,8 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
     seeds = "/".join(str(x) for x in s["seeds_per_trial"]) or "n/a"
     lines += [f"- **trials**: {s['n_trials']} ({states}); **seeds per completed trial**: {seeds}; "
               f"**seed runs in total**: {s['n_seed_runs']}",
-              "- **completed trials by role**: " + ", ".join(f"{r} {n}" for r, n in s["roles"].items()), ""]
+              "- **completed trials by role**: " + ", ".join(f"{r} {n}" for r, n in s["roles"].items()),
+              "- **completed trials by device**: " + ", ".join(f"{d} {n}" for d, n in s["devices"].items()), ""]
     lines += _headline_lines(s)
     lines += _noise_lines(s)
     lines += _fidelity_lines(s)

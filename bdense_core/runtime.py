@@ -21,6 +21,15 @@ def best_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_label(device: torch.device | str) -> str:
+    """Where work runs, in words a table can name: ``cuda:1 (NVIDIA H200)``, or ``cpu``."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return dev.type
+
+
 def cache_dir(kind: str, root: str | os.PathLike | None = None) -> Path:
     """``root/kind``; root defaults to ``$BDENSE_CACHE_DIR`` or ``~/.cache/bdense-study``."""
     base = Path(root or os.environ.get("BDENSE_CACHE_DIR") or Path.home() / ".cache" / "bdense-study")

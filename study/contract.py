@@ -78,6 +78,7 @@ WALL_TIME_S = "wall_time_s"
 FAIL_REASON = "fail_reason"
 WORKER_PID = "worker_pid"
 HOSTNAME = "hostname"
+DEVICE = "device"  # where the trial trained: "cuda:1 (NVIDIA H200)", "cpu" (a study resumed on other machines mixes them)
 RETRY_OF = "retry_of"
 ABLATION = "ablation"
 ABLATION_CONFIG = "ablation_config"

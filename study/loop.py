@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
+from bdense_core.runtime import device_label
+
 from . import contract as c
 from .objective import Context, Outcome, run_trials
 from .storage import fail_stale, is_finished, set_fail_reason
@@ -75,7 +77,7 @@ class Loop:
             else:
                 trial = self.study.ask()
                 self.beats.add(trial.number)
-                for key, value in owner_attrs().items():
+                for key, value in {**owner_attrs(), c.DEVICE: device_label(self.ctx.teacher.device)}.items():
                     trial.set_user_attr(key, value)
             if group and (_group_key(trial, self.ctx) != _group_key(group[0], self.ctx)
                           or sum(_students(t, self.ctx) for t in group) + _students(trial, self.ctx) > room):

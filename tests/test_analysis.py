@@ -755,6 +755,23 @@ def test_figure_4_with_one_k1_run_draws_its_line_and_says_there_is_no_band():
     assert any(t.startswith("K=1 replicates: ") and "(6 runs, 6 seeds" in t for t in labels), labels
 
 
+def test_the_summary_counts_completed_trials_by_device():
+    """A study resumed on other machines mixes cards: the report says how many completed trials ran where (the
+    trials' "device" attribute), and "not recorded" for trials from before it existed."""
+    from analysis.report import build_summary
+
+    trials = trials_frame(confirm_study())
+    done = trials[trials["state"] == "COMPLETE"]
+    assert build_summary("confirm", "mem", trials, None, None, 5)["devices"] == {"not recorded": len(done)}
+    labels = np.where(trials["number"] % 3 == 0, "cuda:0 (NVIDIA H100 80GB HBM3)",
+                      np.where(trials["number"] % 3 == 1, "cuda:1 (NVIDIA H200)", None))
+    mixed = trials.assign(device=labels)
+    kept = mixed[mixed["state"] == "COMPLETE"]["number"] % 3
+    assert build_summary("confirm", "mem", mixed, None, None, 5)["devices"] == {
+        "cuda:0 (NVIDIA H100 80GB HBM3)": int((kept == 0).sum()), "cuda:1 (NVIDIA H200)": int((kept == 1).sum()),
+        "not recorded": int((kept == 2).sum())}
+
+
 def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
     from analysis.report import make_report
 

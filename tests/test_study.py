@@ -205,6 +205,7 @@ def test_two_workers_share_one_journal_storage(tmp_path, cache_dir):
     assert sorted(numbers) == [0, 1, 2, 3] and len(set(numbers)) == 4
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers did trials
+    assert {t.user_attrs["device"] for t in trials} == {"cpu"}  # where each trained (a table names the machine)
     children = runs_of(mlflow_client(runs), study, "trial")
     assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3]
     assert proc.stdout.count("[trial ") == 4
