@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bdense_core.data import DataConfig, load_images  # noqa: E402
 from bdense_core.distill import build_trajectory_bank, distill  # noqa: E402
+from bdense_core.distill.common import log_interval  # noqa: E402
 from bdense_core.distill.sfd import train_sfd_many  # noqa: E402
 from bdense_core.fast import use_fast  # noqa: E402
 from bdense_core.fid import InceptionFeatures, cleanfid_features  # noqa: E402
@@ -95,12 +96,7 @@ def step_time(teacher, configs, bank, head=None) -> float:
     out = train_sfd_many(teacher, configs, [bank] * len(configs), callbacks, head=head)
     if isinstance(out[0], BaseException):
         raise out[0]
-    cfg = configs[0]
-    every = cfg.log_every or (20 if use_fast(teacher.device, cfg.fast) else 1)
-    first, last = min(every, cfg.iterations), cfg.iterations
-    if last <= first:
-        raise ValueError(f"step_time needs more than {first} iterations")
-    return (stamps[last] - stamps[first]) / (last - first)
+    return _steady_s(stamps, configs[0], teacher.device, "step_time needs more than {} iterations")
 
 
 def pd_step_time(teacher, config, data) -> float:
@@ -109,10 +105,15 @@ def pd_step_time(teacher, config, data) -> float:
     stamps: dict[int, float] = {}
     distill(teacher, replace(config, rounds=1), data=data, callback=lambda rec: stamps.setdefault(int(rec["step"]),
                                                                                                   time.perf_counter()))
-    every = config.log_every or (20 if use_fast(teacher.device, config.fast) else 1)
+    return _steady_s(stamps, config, teacher.device, "pd_step_time needs more than {} updates")
+
+
+def _steady_s(stamps: dict[int, float], config, device, too_short: str) -> float:
+    """Seconds per update from the first record block to the last (``stamps``: step -> when its record came)."""
+    every = log_interval(config.log_every, use_fast(device, config.fast))
     first, last = min(every, config.iterations), config.iterations
     if last <= first:
-        raise ValueError(f"pd_step_time needs more than {first} updates")
+        raise ValueError(too_short.format(first))
     return (stamps[last] - stamps[first]) / (last - first)
 
 

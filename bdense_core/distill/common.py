@@ -30,6 +30,15 @@ def make_student(teacher_denoiser: EDMPrecond, branches: int) -> EDMPrecond:
     return student.train().requires_grad_(True)
 
 
+FAST_LOG_EVERY = 20  # the fast path's default logging interval (updates) for every framework's students
+
+
+def log_interval(log_every: int | None, fast: bool) -> int:
+    """How many updates a student's records are read from the device at a time: ``log_every`` if set, else
+    :data:`FAST_LOG_EVERY` on the fast path and 1 (every update) on the eager path."""
+    return log_every or (FAST_LOG_EVERY if fast else 1)
+
+
 def diverged(value: float, step: int) -> DivergenceError:
     """The error for a loss that became ``value`` (NaN or infinite) at ``step``."""
     return DivergenceError(f"distillation loss became {value} at step {step}; lower the learning rate or the weights")

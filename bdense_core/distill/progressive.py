@@ -62,7 +62,7 @@ from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher
-from .common import DistillResult, StepCallback, adam, check_finite, diverged, make_student
+from .common import DistillResult, StepCallback, adam, check_finite, diverged, log_interval, make_student
 from .registry import Framework, register
 
 
@@ -166,9 +166,6 @@ def pd_sample(student, x: torch.Tensor, config: PDConfig, steps: int) -> torch.T
     return sample_euler(student, x, config.grid(steps).to(x.device))
 
 
-FAST_LOG_EVERY = 20  # the fast path's default logging interval (updates)
-
-
 class PDStep(nn.Module):
     """One PD update's forward: the teacher's two Euler steps, the student's K branches and their losses
     (:func:`branch_losses`); ``forward(z, t, mid, s)`` returns the per-branch loss ``[K]``. ``teacher`` is the
@@ -255,7 +252,7 @@ def distill_pd(
     engine.busy = True
     try:
         student = engine.start(teacher)
-        log_every = config.log_every or (FAST_LOG_EVERY if fast else 1)
+        log_every = log_interval(config.log_every, fast)
         log = torch.zeros(log_every, config.branches + 1, device=device)
         history, steps_seen = [], 0
         images = data.images.to(device)

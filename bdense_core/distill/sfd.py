@@ -53,12 +53,9 @@ from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher, noise_batches
-from .common import DistillResult, StepCallback, adam, diverged, make_student
+from .common import DistillResult, StepCallback, adam, diverged, log_interval, make_student
 from .registry import Framework, per_config, register
 from .stack import StudentStack
-
-
-FAST_LOG_EVERY = 20  # the fast path's default logging interval (iterations)
 
 
 @dataclass(frozen=True)
@@ -547,7 +544,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
     try:
         init = make_student(teacher.denoiser, head).state_dict()
         engine.start(init, ref.lr, fused=fast)
-        log_every = ref.log_every or (FAST_LOG_EVERY if fast else 1)
+        log_every = log_interval(ref.log_every, fast)
         n_trained = len(ref.trained_intervals())
         log = torch.zeros(log_every, n_students, head + 2, device=device)
         histories = [[] for _ in configs]
