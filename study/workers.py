@@ -65,7 +65,7 @@ class Banks:
     the first process that needs them; this process keeps in memory as many as the command has seeds in one
     phase (at least two), since its trials go round those seeds: a grid trial trains every seed in turn and a
     worker's confirmation trials come seed after seed, so keeping fewer reloads a bank for every trial (a
-    full-length bank at NFE 2 is 10 GB: a trial that loaded one took 9-10 s longer on
+    full-length bank at NFE 2 is 10 GB: a trial that loaded one took 8-10 s longer on
     the H200 machine, 11-13 s outside training against 3 s).
     """
 
