@@ -158,7 +158,7 @@ PRESETS: dict[str, Preset] = {
             # short trials sized for a 100-trial search on one H100 (scripts/gpu/, results/fmnist-sfd-nfe2)
             distill=dict(
                 sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=80, batch_size=128, lr=1e-4, amp=True),
-                pd=PDConfig(teacher_steps=64, rounds=3, iterations=150, batch_size=128, amp=True),
+                pd=PDConfig(teacher_steps=64, rounds=3, iterations=150, batch_size=128),
             ),
             fid_samples=10000, fid_reference=60000, bank_size=10000, k_choices=(1, 2, 3, 4, 6, 8),
             teacher_file=str(TEACHERS / "teacher-fmnist-gpu.pt"),
@@ -166,7 +166,7 @@ PRESETS: dict[str, Preset] = {
             full_distill=dict(
                 sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=SFD_FULL_ITERATIONS, batch_size=128,
                               lr=5e-5, amp=True),
-                pd=PDConfig(teacher_steps=64, rounds=3, iterations=1000, batch_size=128, amp=True),
+                pd=PDConfig(teacher_steps=64, rounds=3, iterations=1000, batch_size=128),
             ),
             full_bank_size=SFD_FULL_ITERATIONS * 128,
         ),
@@ -181,13 +181,13 @@ PRESETS: dict[str, Preset] = {
             ),
             distill=dict(
                 sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=1560, batch_size=128, lr=5e-5, amp=True),
-                pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
+                pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128),
             ),
             fid_samples=10000, fid_reference=50000, bank_size=20000, k_choices=(1, 2, 3, 4, 6, 8),
             full_distill=dict(
                 sfd=SFDConfig(nfe=2, branches=4, teacher_substeps=24, iterations=SFD_FULL_ITERATIONS, batch_size=128,
                               lr=5e-5, amp=True),
-                pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128, amp=True),
+                pd=PDConfig(teacher_steps=256, rounds=3, iterations=5000, batch_size=128),
             ),
             full_bank_size=SFD_FULL_ITERATIONS * 128,
         ),

@@ -13,7 +13,7 @@ from bdense_core.distill import (
 )
 from bdense_core.distill.progressive import branch_losses, pd_endpoint_error
 from bdense_core.distill.sfd import teacher_trajectories
-from bdense_core.presets import get_preset
+from bdense_core.presets import PRESETS, get_preset
 from bdense_core.schedule import BranchWeights
 from bdense_core.teacher import Teacher, TeacherConfig, draw_noise, load_teacher, save_teacher, train_teacher
 
@@ -223,6 +223,27 @@ def test_pd_state_distance_trains_and_reports_every_round(teacher):
     assert after < 0.9 * before, (before, after)
     assert errors[-1] == pytest.approx(after, rel=1e-5)  # the last round's student is the one returned
     assert result.history[0]["loss_branch_1"] < 1e-10 < result.history[0]["loss_branch_2"]
+
+
+def test_pd_runs_in_fp32_because_bf16_rounding_swamps_its_first_updates():
+    """The shipped fmnist-gpu teacher on the CPU: a PD student that starts as its teacher has an x-distance loss
+    at fp32 rounding level on branch 1 and a small one on branch 2; a bf16 student multiplies branch 2's by more
+    than 10 (the truncated-SNR weight amplifies its rounding), so no preset trains PD under bf16 autocast."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from pd_precision import init_losses
+
+    preset = get_preset("fmnist-gpu")
+    teacher = load_teacher(preset.teacher_file, "cpu")
+    images = load_images(preset.data).images
+    cfg = replace(preset.config("pd"), branches=2, batch_size=64)
+    fp32 = init_losses(teacher, cfg, images, "fp32", batches=1)
+    bf16 = init_losses(teacher, cfg, images, "bf16 student", batches=1)
+    assert fp32[0] < 1e-8 < fp32[1] < 1e-3
+    assert bf16[1] > 10 * fp32[1] and bf16[0] > 1e3 * fp32[0]
+    assert not any(get_preset(name).config("pd").amp for name in PRESETS)
 
 
 def test_pd_records_read_in_blocks_equal_records_read_every_update(teacher):
