@@ -53,20 +53,19 @@ def main(argv=None) -> int:
         p.error("--trials must be >= 1")
     with tempfile.TemporaryDirectory(prefix="bdense-trials-") as tmp:
         runs = Path(args.runs_dir or tmp)
+        print(f"study options: {shlex.join(study_args)}", flush=True)
         t0 = time.perf_counter()
         warm = trials_per_hour(1, 1, study_args + ["--devices", args.setup[0][1].split(",")[0]], runs, "bench-warm-up")
         warm_s = time.perf_counter() - t0
+        print(f"warm-up (teacher, bank, FID statistics, compile caches): {warm_s:.0f} s, its trial "
+              f"{warm['mean_trial_s']:.0f} s", flush=True)
         rows = []
-        for i, (workers, devices) in enumerate(args.setup):
+        for i, (workers, devices) in enumerate(args.setup):  # each row printed when measured: a run cut short keeps it
             r = trials_per_hour(workers, args.trials, study_args + ["--devices", devices], runs, f"bench-setup-{i}")
             rows.append(dict(setup=f"{workers}:{devices}", **r))
-    first = rows[0]["trials_per_hour"]
-    print(f"warm-up (teacher, bank, FID statistics, compile caches): {warm_s:.0f} s, its trial {warm['mean_trial_s']:.0f} s")
-    print(f"study options: {shlex.join(study_args)}")
-    for r in rows:
-        print(f"{r['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each, "
-              f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / first:.2f} "
-              f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart)")
+            print(f"{rows[-1]['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each, "
+                  f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / rows[0]['trials_per_hour']:.2f} "
+                  f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(dict(warm_up_s=warm_s, study_args=study_args, setups=rows), indent=2))
     return 0
