@@ -243,6 +243,7 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
     from .bgrid import b_question
     from .fidelity import fidelity_table
     from .fit import main_nfe
+    from .paired import paired_tables
     from .summary import (ablation_names, ablation_table, configurations, headline, headline_fidelity,
                           replicate_band, round_table, settings_for, state_counts, uniform_baseline)
 
@@ -286,6 +287,7 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
         "ranking_settings": settings_for(trials, nfe=nfe, fidelity=C.SCREEN)["text"],
         "fidelity": fidelity_table(trials),
         "b_question": b_question(trials),
+        "paired": paired_tables(trials),
         "rounds": rounds.to_dict(orient="records"),
         "rounds_settings": _rounds_settings(trials) if len(rounds) else None,
         "ablations": ablations,
@@ -430,6 +432,28 @@ def _bgrid_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _paired_lines(s: dict[str, Any]) -> list[str]:
+    tables = s.get("paired") or []
+    if not tables:
+        return []
+    lines = ["", "## Paired by seed (a second reading, not the verdict)", "",
+             "A seed fixes the teacher paths' noise and the students' draw order in every configuration, so a "
+             "configuration and K=1 trained on the same seed are a matched pair (`analysis/paired.py`). Per shared "
+             "seed: FID(K=1) − FID(configuration), positive when the configuration is better; paired t-test, "
+             "Bonferroni over the configurations listed. The verdicts above stay the contract's (unpaired) test.", ""]
+    for tab in tables:
+        lines += [f"**NFE={tab['nfe']}, {tab['fidelity']} length**", "",
+                  "| configuration | shared seeds | K=1 − config, per seed | mean ± s.d. | better on | paired p | "
+                  "beyond noise |", "|---|---|---|---:|---:|---|---|"]
+        for r in tab["rows"]:
+            per = ", ".join(f"{d:+.2f}" for d in r["diffs"])
+            lines.append(f"| {r['config']} | {', '.join(str(x) for x in r['seeds'])} | {per} | "
+                         f"{r['mean']:+.3g} ± {_fmt(r['sd'], 2)} | {r['positive']} of {r['n']} | "
+                         f"{r['p']:.2g} ({r['comparisons']} comp.) | {'yes' if r['beyond_noise'] else 'no'} |")
+        lines.append("")
+    return lines
+
+
 def _ranking_lines(s: dict[str, Any]) -> list[str]:
     n = s["noise"].get("screen")
     m = s["ranking_comparisons"]
@@ -494,6 +518,7 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
     lines += _headline_lines(s)
     lines += _noise_lines(s)
     lines += _fidelity_lines(s)
+    lines += _paired_lines(s)
     lines += _bgrid_lines(s)
 
     lines += ["", "## The a-b relation among the best trials", ""]

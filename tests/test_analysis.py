@@ -705,6 +705,25 @@ def test_fidelity_table_on_a_screen_then_confirm_study():
     assert set(fit.ab_candidates(trials)["value"]) <= {f for _, f in SCREEN_K4} | {SCREEN_UNIFORM}
 
 
+def test_paired_table_pairs_the_seeds_a_configuration_shares_with_k1():
+    from scipy import stats
+
+    from analysis.paired import paired_table, paired_tables
+
+    trials = trials_frame(confirm_study())
+    rows = {r["config"]: r for r in paired_table(trials, 2, "full")}
+    assert set(rows) == {"K=4, a=0.9, b=1", "K=4, a=0.7, b=1", "K=4, a=0.5, b=1", "K=4, a=0, b=1"}
+    r = rows["K=4, a=0.7, b=1"]
+    assert r["seeds"] == FULL_SEEDS and r["n"] == 3 and r["comparisons"] == 4
+    assert r["diffs"] == pytest.approx([k - c for k, c in zip(FULL["K=1"], FULL[0.7])])
+    assert r["positive"] == sum(k > c for k, c in zip(FULL["K=1"], FULL[0.7]))
+    assert r["p"] == pytest.approx(stats.ttest_rel(FULL["K=1"], FULL[0.7]).pvalue)
+    assert r["beyond_noise"] == (r["p"] < 0.05 / 4)
+    # the screen's configurations share no seed with K = 1 (other seeds, one each): nothing to pair
+    assert paired_table(trials, 2, "screen") == []
+    assert [(t["nfe"], t["fidelity"]) for t in paired_tables(trials)] == [(2, "full")]
+
+
 def test_a_kid_study_is_tabled_and_fitted_by_fid():
     from analysis.fidelity import fidelity_table
 
