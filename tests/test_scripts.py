@@ -178,6 +178,28 @@ def test_study_sh_restores_a_carried_pack_only_when_its_checksum_holds(tmp_path)
     r = run()
     assert r.returncode == 0 and "run folder restored" in r.stdout
     assert "study ran: trial 7 complete" in (tmp_path / "out" / "study-1.log").read_text()
+    # study.sh's own pack says how many pieces it has (checksum last): here the one of a small run folder
+    assert (tmp_path / "out" / "runs.tgz.npieces").read_text().strip() == "1"
+
+    # a pack too big to carry in one call with the working tree: its pieces come over two calls
+    import shutil
+
+    shutil.rmtree(stage)
+    for f in (work / ".gpu" / "runs").iterdir():
+        f.unlink()
+    half = len(pack) // 2
+    (work / ".gpu" / "runs" / "runs.tgz.npieces").write_text("2\n")
+    (work / ".gpu" / "runs" / "runs.tgz.sha256").write_text(hashlib.sha256(pack).hexdigest() + "\n")
+    (work / ".gpu" / "runs" / "runs.tgz.part.aa").write_bytes(pack[:half])
+    r = run()  # the first call: one of two pieces, no study yet
+    assert r.returncode == 2 and "1 of the run folder pack's 2 pieces" in r.stderr and r.stderr.count("\n") == 1
+    assert not (stage / "runs").exists()
+    for f in (work / ".gpu" / "runs").iterdir():
+        f.unlink()
+    (work / ".gpu" / "runs" / "runs.tgz.part.ab").write_bytes(pack[half:])
+    r = run()  # the second call carries the other piece alone
+    assert r.returncode == 0 and "run folder restored" in r.stdout
+    assert "study ran: trial 7 complete" in (tmp_path / "out" / "study-1.log").read_text()
 
 
 @pytest.fixture

@@ -15,6 +15,11 @@ for f in .gpu/p*/*; do
   [ -f "$f" ] && [ ! -e "$S/parts/$(basename "$f")" ] && cp "$f" $S/parts/
 done
 for f in SHA256SUMS pieces; do [ -f .gpu/$f ] && cp .gpu/$f $S/$f; done
+# A run folder's pack (.gpu/runs/runs.tgz.part.*, .sha256, .npieces) may come over several calls when it and the
+# working tree pass the size limit together: its pieces collect in $S/parts/runs until study.sh restores it.
+if [ ! -d $S/runs ] && ls .gpu/runs/runs.tgz.part.* >/dev/null 2>&1; then
+  mkdir -p $S/parts/runs && cp .gpu/runs/runs.tgz.* $S/parts/runs/
+fi
 _stage_sum() { grep " $1\$" $S/SHA256SUMS 2>/dev/null | cut -d' ' -f1; }
 for t in data whl; do
   if [ -f $S/parts/$t.tar ] && [ ! -f $S/$t.done ]; then

@@ -6,9 +6,11 @@
 # Each group of options after `--`/`---` is one study/run.py command; the groups run at the same time on
 # the one GPU (e.g. an SFD ablation next to a PD study). Every run folder is /tmp/bd/runs (one Optuna journal
 # and one MLflow SQLite store hold all studies); when the machine is fresh it is restored from the
-# pack that an earlier call brought back and that this call carries as .gpu/runs/runs.tgz.part.* (and
-# runs.tgz.sha256, checked when it is there). At the end the run folder (without its caches) is packed into
-# $OUT/runs.tgz.part.* (15 MB pieces) and $OUT/runs.tgz.sha256, written last (a pack without it is unfinished),
+# pack that an earlier call brought back and that this call, or this and earlier calls on the same machine,
+# carried as .gpu/runs/runs.tgz.part.* (with runs.tgz.npieces and runs.tgz.sha256, checked when there: a pack
+# that passes the 64 MiB a call carries together with the working tree goes over several calls, a few pieces
+# each). At the end the run folder (without its caches) is packed into $OUT/runs.tgz.part.* (15 MB pieces),
+# $OUT/runs.tgz.npieces and $OUT/runs.tgz.sha256, written last (a pack without it is unfinished),
 # together with each command's log. Stopping at the time limit, or `bash scripts/gpu/bg.sh stop NAME` for a
 # study.sh started by bg.sh, is Ctrl-C for the study: the running trials are marked failed (and retried next
 # time), every finished trial is kept.
@@ -19,12 +21,19 @@ source scripts/gpu/stage.sh
 RUNS=$S/runs  # $S: stage.sh's folder, /tmp/bd
 OUT=${OUT:-$S/out}
 mkdir -p "$OUT"
-if [ ! -d $RUNS ] && ls .gpu/runs/runs.tgz.part.* >/dev/null 2>&1; then
-  if [ -f .gpu/runs/runs.tgz.sha256 ] && [ "$(cat .gpu/runs/runs.tgz.part.* | sha256sum | cut -d' ' -f1)" != "$(cat .gpu/runs/runs.tgz.sha256)" ]; then
-    echo "study.sh: error: .gpu/runs/runs.tgz.part.* do not match runs.tgz.sha256 (a piece missing or cut short); carry the whole pack" >&2
+P=$S/parts/runs  # the carried pack's pieces, collected by stage.sh over one or more calls
+if [ ! -d $RUNS ] && ls $P/runs.tgz.part.* >/dev/null 2>&1; then
+  have=$(ls $P/runs.tgz.part.* | wc -l); want=$(cat $P/runs.tgz.npieces 2>/dev/null || echo "$have")
+  if [ "$have" -lt "$want" ]; then
+    echo "study.sh: error: $have of the run folder pack's $want pieces are here; carry the rest of .gpu/runs/runs.tgz.part.* (one call or more) before a study starts" >&2
     exit 2
   fi
-  mkdir -p $RUNS && cat .gpu/runs/runs.tgz.part.* | tar -C $RUNS -xzf - && echo "study.sh: run folder restored from .gpu/runs"
+  if [ -f $P/runs.tgz.sha256 ] && [ "$(cat $P/runs.tgz.part.* | sha256sum | cut -d' ' -f1)" != "$(cat $P/runs.tgz.sha256)" ]; then
+    echo "study.sh: error: .gpu/runs/runs.tgz.part.* do not match runs.tgz.sha256 (a piece missing or cut short); carry the whole pack" >&2
+    rm -rf $P
+    exit 2
+  fi
+  mkdir -p $RUNS && cat $P/runs.tgz.part.* | tar -C $RUNS -xzf - && rm -rf $P && echo "study.sh: run folder restored from .gpu/runs"
 fi
 mkdir -p $RUNS
 export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2}
@@ -52,8 +61,9 @@ done
 for f in "$OUT"/study-*.log; do echo "== $f"; tail -25 "$f"; done
 # The pieces of an earlier pack go first; runs.tgz.sha256 (of the pieces joined) is written last, so a call that
 # copies $OUT while this packs can tell finished pieces from pieces still being written: wait for the checksum.
-rm -f "$OUT"/runs.tgz.part.* "$OUT/runs.tgz.sha256"
+rm -f "$OUT"/runs.tgz.part.* "$OUT/runs.tgz.sha256" "$OUT/runs.tgz.npieces"
 members=$(cd $RUNS && ls -A | grep -vx cache)  # the caches (banks: GBs) stay
 tar -C $RUNS -czf - $members | split -b 15m - "$OUT/runs.tgz.part."
+ls "$OUT"/runs.tgz.part.* | wc -l > "$OUT/runs.tgz.npieces"
 cat "$OUT"/runs.tgz.part.* | sha256sum | cut -d' ' -f1 > "$OUT/runs.tgz.sha256"
 ls -la "$OUT"
