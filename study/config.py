@@ -334,10 +334,14 @@ def resolve(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> StudyConfig
         objective = "kid" if preset.fid_samples < KID_BELOW else "fid"
 
     runs_dir = (Path(args.runs_dir).expanduser() if args.runs_dir else default_runs_dir()).resolve()
+    # a setting a resumed study must share (StudyConfig.compatibility) and that is not the preset's default names
+    # its own study, so `--distance state` or `--teacher-fp32` beside the default study needs no --study-name
+    variant = "".join(f"-{v}" for v in (
+        args.distance if args.distance not in (None, "x") else None,
+        "teacher-fp32" if args.teacher_fp32 else None,
+        None if args.length == "screen" else args.length) if v)
     study_name = args.study_name or (
-        f"bdense-{preset.name}-{framework}-nfe{nfe}-{args.weights}-k{'-'.join(map(str, k_choices))}"
-        + ("" if args.length == "screen" else f"-{args.length}")
-    )
+        f"bdense-{preset.name}-{framework}-nfe{nfe}-{args.weights}-k{'-'.join(map(str, k_choices))}{variant}")
     if not study_name.strip():
         raise UsageError("--study-name must not be empty")
     students = args.students_per_worker or preset.students_per_worker

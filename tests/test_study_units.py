@@ -33,6 +33,17 @@ def test_defaults_resolve_from_the_preset(runs):
     assert cfg.seeds == [0]
 
 
+def test_settings_a_resumed_study_must_share_name_their_own_study(runs):
+    """PD's two distances and an fp32-teacher SFD study get default names apart from the default study's (they
+    could not resume it: StudyConfig.compatibility), so one run folder holds them side by side."""
+    names = {parse_config(a).study_name for a in (
+        ["--preset", "tiny", "--framework", "pd"], ["--preset", "tiny", "--framework", "pd", "--distance", "x"])}
+    assert names == {"bdense-tiny-pd-nfe2-exp-k1-2"}
+    state = parse_config(["--preset", "tiny", "--framework", "pd", "--distance", "state", "--length", "full"])
+    assert state.study_name == "bdense-tiny-pd-nfe2-exp-k1-2-state-full"
+    assert parse_config(["--preset", "tiny", "--teacher-fp32"]).study_name == "bdense-tiny-sfd-nfe2-exp-k1-2-4-teacher-fp32"
+
+
 def test_teacher_substeps_are_the_lcm_and_k1_is_always_searched(runs):
     cfg = parse_config(["--preset", "tiny", "--k", "3", "4", "--seeds-per-trial", "3", "--seed", "5"])
     assert cfg.k_choices == (1, 3, 4)
