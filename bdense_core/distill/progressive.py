@@ -230,8 +230,8 @@ def _engine(teacher: Teacher, config: PDConfig, fast: bool) -> PDEngine:
     if not fast:
         return PDEngine(teacher, config, fast=False)
     d = teacher.denoiser
-    key = (teacher.key, d.net.config, config.branches, config.batch_size, config.distance, config.gamma,
-           str(teacher.device))
+    key = (teacher.key, d.net.config, config.branches, config.batch_size, config.distance, config.gamma, config.amp,
+           str(teacher.device))  # what the compiled step holds: an engine serves only configs equal in these
     if key not in _ENGINES:
         _ENGINES[key] = PDEngine(teacher, config, fast=True)
     return _ENGINES[key]
