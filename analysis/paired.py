@@ -33,7 +33,8 @@ def paired_table(trials: pd.DataFrame, nfe: int | None, fidelity: str | None, al
     """One row per K > 1 configuration with two or more seeds in common with K = 1 (best mean difference first).
 
     Each row: ``config``, ``seeds`` (the shared ones, sorted), ``diffs`` (K = 1 minus the configuration, per
-    shared seed), ``mean``, ``sd``, ``n``, ``positive`` (how many diffs > 0), ``t``, ``p`` (two-sided, paired),
+    shared seed), ``mean``, ``sd``, ``n``, ``positive`` (how many diffs > 0), ``t``, ``p`` (two-sided, paired; NaN when every seed's difference is the same:
+    no spread to judge it by),
     ``comparisons`` (the Bonferroni count: the rows of this table) and ``beyond_noise`` (p < alpha /
     comparisons). Empty without a K = 1 configuration at that NFE and fidelity.
     """
@@ -51,10 +52,14 @@ def paired_table(trials: pd.DataFrame, nfe: int | None, fidelity: str | None, al
         if len(shared) < 2:
             continue
         diffs = [k1[s] - mine[s] for s in shared]
-        res = stats.ttest_1samp(diffs, 0.0)
-        rows.append(dict(config=g.label, seeds=shared, diffs=diffs, n=len(diffs), mean=sum(diffs) / len(diffs),
-                         sd=float(pd.Series(diffs).std(ddof=1)), positive=sum(d > 0 for d in diffs),
-                         t=float(res.statistic), p=float(res.pvalue)))
+        mean, sd = sum(diffs) / len(diffs), float(pd.Series(diffs).std(ddof=1))
+        if sd > 1e-9 * max(1.0, abs(mean)):
+            res = stats.ttest_1samp(diffs, 0.0)
+            t, p = float(res.statistic), float(res.pvalue)
+        else:  # equal differences on every seed: no spread to judge them by (the contract's "none")
+            t = p = float("nan")
+        rows.append(dict(config=g.label, seeds=shared, diffs=diffs, n=len(diffs), mean=mean, sd=sd,
+                         positive=sum(d > 0 for d in diffs), t=t, p=p))
     for r in rows:
         r["comparisons"] = len(rows)
         r["beyond_noise"] = math.isfinite(r["p"]) and r["p"] < alpha / len(rows)

@@ -711,14 +711,21 @@ def test_paired_table_pairs_the_seeds_a_configuration_shares_with_k1():
     from analysis.paired import paired_table, paired_tables
 
     trials = trials_frame(confirm_study())
+    # the fixture's configurations sit a constant offset from K = 1 on every seed: give one of them a spread
+    a07 = [11.3, 12.3, 11.7]  # seed 101 worse than K = 1's 12.2
+    rows_07 = trials.index[(trials["fidelity"] == "full") & (trials["a_eff"] == 0.7)]
+    for i, v in zip(rows_07, a07):
+        trials.at[i, "fid_seeds"], trials.at[i, "fid"], trials.at[i, "value"] = [v], v, v
     rows = {r["config"]: r for r in paired_table(trials, 2, "full")}
     assert set(rows) == {"K=4, a=0.9, b=1", "K=4, a=0.7, b=1", "K=4, a=0.5, b=1", "K=4, a=0, b=1"}
     r = rows["K=4, a=0.7, b=1"]
     assert r["seeds"] == FULL_SEEDS and r["n"] == 3 and r["comparisons"] == 4
-    assert r["diffs"] == pytest.approx([k - c for k, c in zip(FULL["K=1"], FULL[0.7])])
-    assert r["positive"] == sum(k > c for k, c in zip(FULL["K=1"], FULL[0.7]))
-    assert r["p"] == pytest.approx(stats.ttest_rel(FULL["K=1"], FULL[0.7]).pvalue)
+    assert r["diffs"] == pytest.approx([k - c for k, c in zip(FULL["K=1"], a07)])
+    assert r["positive"] == 2 and r["mean"] == pytest.approx((0.7 - 0.1 + 0.4) / 3)
+    assert r["p"] == pytest.approx(stats.ttest_rel(FULL["K=1"], a07).pvalue)
     assert r["beyond_noise"] == (r["p"] < 0.05 / 4)
+    same = rows["K=4, a=0.9, b=1"]  # 0.4 better on every seed: no spread, no p, never "beyond noise"
+    assert same["diffs"] == pytest.approx([0.4] * 3) and math.isnan(same["p"]) and not same["beyond_noise"]
     # the screen's configurations share no seed with K = 1 (other seeds, one each): nothing to pair
     assert paired_table(trials, 2, "screen") == []
     assert [(t["nfe"], t["fidelity"]) for t in paired_tables(trials)] == [(2, "full")]
@@ -808,6 +815,10 @@ def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
     assert re.search(r"^\| screen \| 30 ± 0\.179 \| 6 \(6\) \| 28 \| 1 \(1\) \| K=4, a=0\.9, b=1 \|", md, re.M)
     assert "Bonferroni over m = 7 comparisons: 3 lower and 2 higher than K=1 beyond noise" in md
     assert md.count("▼ lower") == 3 and md.count("▲ higher") == 2
+    # the seed-paired reading: the fixture's configurations sit a constant offset from K = 1 on each shared seed
+    assert "## Paired by seed" in md and "**NFE=2, full length**" in md
+    assert re.search(r"^\| K=4, a=0\.7, b=1 \| 100, 101, 102 \| \+0\.70, \+0\.70, \+0\.70 \| \+0\.7 ± .* \| 3 of 3 \| no spread \| no \|",
+                     md, re.M)
     assert "Training, full length: 1560 iterations; seeds 100, 101, 102 (1 per trial); AFS on; S = 4; batch 64; " \
            "lr 0.0001; teacher paths: seed bank." in md
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
