@@ -2,6 +2,7 @@
 
     python benchmarks/bench_core.py [--preset fmnist-gpu] [--device cuda] [--out results.json]   # GPU, ~6 min
     python benchmarks/bench_core.py --quick                                                     # CPU smoke run
+    python benchmarks/bench_core.py --no-check --students 1 --profile 15    # + where the training step's time goes
 
 On CUDA it first runs benchmarks/gpu_check.py's checks (fast path against eager: training losses, host syncs,
 sampling), then measures, for the preset's network (its shipped teacher where there is one, else random
@@ -17,6 +18,9 @@ weights: timing does not depend on training):
   and the eager student sampling for K = 1 and K = 4;
 - FID feature throughput: the project's device path (torch bicubic-antialias resize + Inception on the
   device, goal >= 4,000 images/s on an H100) against clean-fid's own ``get_model_features`` path;
+- with ``--profile N``: where the SFD training step's time goes (``torch.profiler`` over 60 fast iterations, K = 4):
+  how much of the wall time the GPU was busy and the N costliest operators and kernels by self device time (the
+  profile issue 14 asks for where a goal is missed);
 - with ``--trials-per-hour 1 8``: whole study trials per hour (distil + 10k-sample FID + tracking) with 1 and
   with 8 worker processes on the one device, each a short real study (``study/run.py``) in a scratch run
   folder; the rate is completed trials over the span from the first trial's start to the last one's end
@@ -97,6 +101,37 @@ def step_time(teacher, configs, bank, head=None) -> float:
     if isinstance(out[0], BaseException):
         raise out[0]
     return _steady_s(stamps, configs[0], teacher.device, "step_time needs more than {} iterations")
+
+
+def profile_steps(teacher, config, bank, top: int) -> dict:
+    """Where one short training run's time goes (``torch.profiler`` over ``train_sfd_many([config])``, after a run
+    of the same shape compiled it): the ``top`` operators and kernels by self device time (CPU time on the CPU),
+    and how much of the run's wall time the device was busy: well under 100 % means the GPU waits on launches and
+    the host, close to it means the kernels themselves are the cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = teacher.device
+    cuda = device.type == "cuda"
+    step_time(teacher, [config], bank)  # compiled and warm before the profile
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step_time(teacher, [config], bank)
+        sync(device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+
+    def self_us(e) -> float:  # microseconds; the device attribute's name moved across torch versions
+        if not cuda:
+            return float(e.self_cpu_time_total)
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))
+
+    busy = sum(self_us(e) for e in events) / 1e6
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return dict(wall_s=wall, busy_s=busy, busy_share=busy / wall, iterations=config.iterations,
+                kind="device" if cuda else "cpu",
+                top=[dict(name=e.key, self_s=self_us(e) / 1e6, share=self_us(e) / 1e6 / busy if busy else 0.0,
+                          calls=int(e.count)) for e in ranked])
 
 
 def pd_step_time(teacher, config, data) -> float:
@@ -184,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--study-args", default="", metavar="ARGS",
                    help="extra study/run.py options for those studies, one string (e.g. '--iterations 200')")
     p.add_argument("--no-fid", action="store_true", help="skip the FID feature timing (needs Fashion-MNIST and Inception)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile the SFD training step (K=4, fast path on CUDA) and print its N costliest operators")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
     args = p.parse_args(argv)
     device = best_device(args.device)
@@ -259,6 +296,10 @@ def main(argv=None) -> int:
     else:
         rows.append(("fast SFD iteration", "n/a: the fast path runs on CUDA only (this run: eager)"))
     section("fast iterations")
+    if args.profile:
+        prof = profile_steps(teacher, replace(fast_base, branches=4), bank, args.profile)
+        out["profile"] = prof
+        section("profile")
     if use_fast(device, True):  # PD's update (K = 2: the teacher's two steps, the student's two branches)
         pd = replace(preset.config("pd"), branches=2, iterations=fast_iters, log_every=1 if args.quick else 20)
         data = load_images(preset.data)
@@ -332,6 +373,13 @@ def main(argv=None) -> int:
         print(f"{name:<{width}}  {value}")
     if "compile_train_s" in out:
         print(f"compile time of the first fast training trial (N=1): {out['compile_train_s']:.0f} s")
+    if "profile" in out:
+        pr = out["profile"]
+        print(f"profile of {pr['iterations']} training iterations (K=4, {'fast' if use_fast(device, True) else 'eager'}):"
+              f" {pr['kind']} busy {pr['busy_s']:.3f} s of {pr['wall_s']:.3f} s wall = {100 * pr['busy_share']:.0f} %;"
+              f" costliest by self {pr['kind']} time:")
+        for r in pr["top"]:
+            print(f"  {100 * r['share']:5.1f} %  {1e3 * r['self_s']:9.2f} ms  {r['calls']:>7} calls  {r['name'][:90]}")
     print("section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.items()))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
