@@ -12,8 +12,9 @@
 #             seeds 1000-1002, FID after every round;
 #   cuda:0-2  PD, state distance (the B-DENSE authors'), the same design, while the NFE-3 banks are solved; then the
 #             SFD headline at NFE 3 at full length (K = 1, uniform K = 4, the confirmed best; seeds 1000-1002);
-#   then      issue 14's whole trials per hour, 1 GPU against 2 (seed 1000's NFE-2 bank: solved first, about 5 min),
-#             if the device time allows: stop the chain (bg.sh stop all) when it does not; each row prints when measured.
+#   then      issue 14's whole trials per hour, 1 GPU against 2 on cuda:0-1 (seed 1000's NFE-2 bank: solved first,
+#             about 5 min), beside benchmarks/bench_core.py --profile 15 on cuda:2, if the device time allows: stop the
+#             chain (bg.sh stop all) when it does not; both print as they measure.
 # Every study stage packs the run folder into /tmp/bd/out/<stage>/ (complete once its runs.tgz.sha256 is there); the
 # last one to end has everything. Started by
 #   bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-5.sh
@@ -35,6 +36,9 @@ OUT=$D/nfe3 bash scripts/gpu/study.sh 12 -- $O --n-trials 0 --ablation nfe --abl
   --workers 3 --devices cuda:0,cuda:1,cuda:2
 wait
 python scripts/gpu/banks.py --bank 2:full:1000 -- $O --device cuda:0
+mkdir -p $D/core
+BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout 540 python benchmarks/bench_core.py --device cuda:2 --no-check \
+  --students 1 --profile 15 --out $D/core/bench_core.json > $D/core/bench_core.log 2>&1 &
 BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout 540 python benchmarks/bench_trials.py --setup 1:cuda:0 \
   --setup 2:cuda:0,cuda:1 --trials 3 --out $D/bench/bench_trials.json -- --preset fmnist-gpu --length full \
   --k 2 3 4 6 8 --seed 1000 > $D/bench/bench_trials.log 2>&1
