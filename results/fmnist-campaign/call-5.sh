@@ -42,4 +42,5 @@ BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout 540 python benchmarks/bench_core
 BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1 timeout 540 python benchmarks/bench_trials.py --setup 1:cuda:0 \
   --setup 2:cuda:0,cuda:1 --trials 3 --out $D/bench/bench_trials.json -- --preset fmnist-gpu --length full \
   --k 2 3 4 6 8 --seed 1000 > $D/bench/bench_trials.log 2>&1
+wait  # bench_core
 echo "call-5.sh: done"
