@@ -33,10 +33,10 @@ def paired_table(trials: pd.DataFrame, nfe: int | None, fidelity: str | None, al
     """One row per K > 1 configuration with two or more seeds in common with K = 1 (best mean difference first).
 
     Each row: ``config``, ``seeds`` (the shared ones, sorted), ``diffs`` (K = 1 minus the configuration, per
-    shared seed), ``mean``, ``sd``, ``n``, ``positive`` (how many diffs > 0), ``t``, ``p`` (two-sided, paired; NaN when every seed's difference is the same:
-    no spread to judge it by),
-    ``comparisons`` (the Bonferroni count: the rows of this table) and ``beyond_noise`` (p < alpha /
-    comparisons). Empty without a K = 1 configuration at that NFE and fidelity.
+    shared seed), ``mean``, ``sd``, ``n``, ``positive`` (how many diffs > 0), ``t``, ``p`` (two-sided, paired;
+    NaN when every seed's difference is the same: no spread to judge it by), ``comparisons`` (the Bonferroni
+    count: the rows of this table) and ``beyond_noise`` (p < alpha / comparisons). Empty without a K = 1
+    configuration at that NFE and fidelity.
     """
     gs = C.groups(records(trials), nfe=nfe, fidelity=fidelity)
     base = gs.get((1,))
