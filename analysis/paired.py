@@ -25,20 +25,23 @@ from scipy import stats
 
 from study import contract as C
 
-from .summary import _seed_order, records
+from .fit import main_nfe
+from .summary import _nfes, _seed_order, records
 
 
-def paired_table(trials: pd.DataFrame, nfe: int | None, fidelity: str | None, alpha: float = 0.05
-                 ) -> list[dict[str, Any]]:
+def paired_table(trials: pd.DataFrame, nfe: int | None, fidelity: str | None, alpha: float = 0.05,
+                 recs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per K > 1 configuration with two or more seeds in common with K = 1 (best mean difference first).
 
     Each row: ``config``, ``seeds`` (the shared ones, sorted), ``diffs`` (K = 1 minus the configuration, per
     shared seed), ``mean``, ``sd``, ``n``, ``positive`` (how many diffs > 0), ``t``, ``p`` (two-sided, paired;
     NaN when every seed's difference is the same: no spread to judge it by), ``comparisons`` (the Bonferroni
     count: the rows of this table) and ``beyond_noise`` (p < alpha / comparisons). Empty without a K = 1
-    configuration at that NFE and fidelity.
+    configuration at that NFE and fidelity. A trial without an NFE of its own has the study's (as in the
+    headline). ``recs``: the frame's records, when the caller has them already.
     """
-    gs = C.groups(records(trials), nfe=nfe, fidelity=fidelity)
+    gs = C.groups(records(trials) if recs is None else recs, nfe=nfe, fidelity=fidelity,
+                  default_nfe=main_nfe(trials))
     base = gs.get((1,))
     if base is None:
         return []
@@ -68,12 +71,11 @@ def paired_table(trials: pd.DataFrame, nfe: int | None, fidelity: str | None, al
 
 def paired_tables(trials: pd.DataFrame, alpha: float = 0.05) -> list[dict[str, Any]]:
     """:func:`paired_table` for every (NFE, fidelity) the completed trials have, as ``{nfe, fidelity, rows}``."""
-    done = trials[trials["state"] == "COMPLETE"]
+    recs, default = records(trials), main_nfe(trials)
     out = []
     for fidelity in C.FIDELITIES:
-        recs = [r for r in records(done) if C.fidelity_of(r) == fidelity]
-        for nfe in sorted({n for n in (C.nfe_of(r) for r in recs) if n is not None}):
-            rows = paired_table(trials, nfe, fidelity, alpha)
+        for nfe in _nfes(recs, default, fidelity):
+            rows = paired_table(trials, nfe, fidelity, alpha, recs)
             if rows:
                 out.append(dict(nfe=nfe, fidelity=fidelity, rows=rows))
     return out

@@ -432,11 +432,9 @@ def _bgrid_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)  # the summary holds None where a NaN was
-
-
 def _paired_lines(s: dict[str, Any]) -> list[str]:
+    from .load import _finite  # the summary holds None where a NaN was
+
     tables = s.get("paired") or []
     if not tables:
         return []
@@ -453,7 +451,7 @@ def _paired_lines(s: dict[str, Any]) -> list[str]:
             per = ", ".join(f"{d:+.2f}" for d in r["diffs"])
             lines.append(f"| {r['config']} | {', '.join(str(x) for x in r['seeds'])} | {per} | "
                          f"{r['mean']:+.3g} ± {_fmt(r['sd'], 2)} | {r['positive']} of {r['n']} | "
-                         + (f"{r['p']:.2g} ({r['comparisons']} comp.)" if _finite_number(r["p"]) else "no spread")
+                         + (f"{r['p']:.2g} ({r['comparisons']} comp.)" if _finite(r["p"]) else "no spread")
                          + f" | {'yes' if r['beyond_noise'] else 'no'} |")
         lines.append("")
     return lines
