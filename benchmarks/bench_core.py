@@ -104,15 +104,15 @@ def step_time(teacher, configs, bank, head=None) -> float:
 
 
 def profile_steps(teacher, config, bank, top: int) -> dict:
-    """Where one short training run's time goes (``torch.profiler`` over ``train_sfd_many([config])``, after a run
-    of the same shape compiled it): the ``top`` operators and kernels by self device time (CPU time on the CPU),
-    and how much of the run's wall time the device was busy: well under 100 % means the GPU waits on launches and
-    the host, close to it means the kernels themselves are the cost."""
+    """Where one short training run's time goes (``torch.profiler`` over ``train_sfd_many([config])``; on the
+    fast path the caller has already trained this shape, so the engine is compiled and warm): the ``top``
+    operators and kernels by self device time (CPU time on the CPU), and how much of the run's wall time the
+    device was busy: well under 100 % means the GPU waits on launches and the host, close to it means the
+    kernels themselves are the cost."""
     from torch.profiler import ProfilerActivity, profile
 
     device = teacher.device
     cuda = device.type == "cuda"
-    step_time(teacher, [config], bank)  # compiled and warm before the profile
     sync(device)
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:

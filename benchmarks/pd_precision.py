@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bdense_core.data import load_images  # noqa: E402
-from bdense_core.distill.progressive import DISTANCES, branch_losses, make_student  # noqa: E402
+from bdense_core.distill.progressive import DISTANCES, branch_losses, draw_batch, make_student  # noqa: E402
 from bdense_core.presets import get_preset  # noqa: E402
 from bdense_core.runtime import best_device  # noqa: E402
 from bdense_core.schedule import BranchWeights  # noqa: E402
@@ -86,11 +86,7 @@ def init_losses(teacher, config, images: torch.Tensor, precision: str, batches: 
     total = torch.zeros(config.branches, dtype=torch.float64)
     with tf32(precision == "tf32"):
         for _ in range(batches):
-            idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
-            x0 = images[idx].float() / 127.5 - 1
-            i = torch.randint(0, n_student, (config.batch_size,), generator=g, device=device)
-            t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
-            z = x0 + t * torch.randn(x0.shape, generator=g, device=device)
+            z, t, mid, s = draw_batch(images, fine, n_student, config.batch_size, g)
             total += branch_losses(s_net, t_net, z, t, mid, s, cfg).double().cpu()
     return (total / batches).tolist()
 

@@ -152,6 +152,18 @@ def teacher_states(teacher, z: torch.Tensor, t: torch.Tensor, mid: torch.Tensor,
     return z_mid, _euler(z_mid, teacher(z_mid, mid.flatten()), mid, s)
 
 
+def draw_batch(images: torch.Tensor, fine: torch.Tensor, n_student: int, batch_size: int, g: torch.Generator):
+    """One update's batch for a round whose student takes ``n_student`` steps on ``fine`` (the 2N-step grid):
+    ``(z, t, mid, s)``, training images (uint8) noised to a student step's start t, with the teacher's midpoint
+    and the student step's end (``[B, 1, 1, 1]`` each); everything random comes from ``g``, in a fixed order."""
+    device = images.device
+    idx = torch.randint(0, images.shape[0], (batch_size,), generator=g, device=device)
+    x0 = images[idx].float() / 127.5 - 1
+    i = torch.randint(0, n_student, (batch_size,), generator=g, device=device)
+    t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
+    return x0 + t * torch.randn(x0.shape, generator=g, device=device), t, mid, s
+
+
 def branch_losses(student, teacher, z: torch.Tensor, t: torch.Tensor, mid: torch.Tensor, s: torch.Tensor,
                   config: PDConfig) -> torch.Tensor:
     """Per-branch loss ``[K]`` of one batch (``t``, ``mid``, ``s`` shaped ``[B, 1, 1, 1]``) under
@@ -289,11 +301,7 @@ def distill_pd(
             for it in range(config.iterations):
                 for group in opt.param_groups:  # linear annealing within the round
                     group["lr"] = config.lr * (1 - it / config.iterations)
-                idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=g, device=device)
-                x0 = images[idx].float() / 127.5 - 1
-                i = torch.randint(0, n_student, (config.batch_size,), generator=g, device=device)
-                t, mid, s = (fine[2 * i + j].view(-1, 1, 1, 1) for j in range(3))
-                z = x0 + t * torch.randn(x0.shape, generator=g, device=device)
+                z, t, mid, s = draw_batch(images, fine, n_student, config.batch_size, g)
                 if fast:
                     new_step()
                 per_branch = engine.step(z, t, mid, s)
