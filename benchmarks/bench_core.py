@@ -230,6 +230,11 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    try:
+        get_preset(args.preset or "tiny")
+    except ValueError as e:
+        print(f"bench_core.py: error: {e}", file=sys.stderr)
+        return 2
     teacher, preset = load_bench_teacher(args.preset or ("fmnist-gpu" if gpu else "tiny"), device)
     iters = args.iterations or (3 if args.quick else 20)
     n_sample = args.samples or (40 if args.quick else 10000)

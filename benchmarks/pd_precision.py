@@ -98,7 +98,11 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
     args = p.parse_args(argv)
-    preset = get_preset(args.preset)
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        print(f"pd_precision.py: error: {e}", file=sys.stderr)
+        return 2
     device = best_device(args.device)
     teacher = load_teacher(preset.teacher_file, device)
     images = load_images(preset.data).images.to(device)

@@ -283,3 +283,14 @@ def test_banks_script_bad_input_is_one_line_exit_2(tmp_path, tiny_teacher_file, 
     err = capsys.readouterr().err
     assert "trains nothing at length 'full'" in err and err.count("\n") == 1, err
     assert not (tmp_path / "cache" / "banks").exists()
+
+
+@pytest.mark.parametrize("script", ["bench_core.py", "pd_precision.py"])
+def test_benchmarks_refuse_an_unknown_preset_in_one_line(script):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / script), "--preset", "nope", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown preset 'nope'; choose one of" in r.stderr
