@@ -175,7 +175,7 @@ def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: 
                 mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done))
 
 
-def fid_features(args, device, quick: bool, gpu: bool, out: dict, rows: list) -> None:
+def fid_features(args, device, quick: bool, gpu: bool, out: dict, row) -> None:
     """FID feature throughput: the device path against clean-fid's own get_model_features path."""
     extractor = InceptionFeatures(args.inception, device=device)
     n_fid = args.fid_images or (20 if quick else 5000)
@@ -186,8 +186,17 @@ def fid_features(args, device, quick: bool, gpu: bool, out: dict, rows: list) ->
     t_clean = timed(lambda: cleanfid_features(images[:n_clean], extractor, batch_size=100), device, repeat=1)
     ips_dev, ips_clean = n_fid / t_dev, n_clean / t_clean
     out.update(fid_device_images_per_s=ips_dev, fid_cleanfid_images_per_s=ips_clean)
-    rows.append(("FID features, images/s: device path / clean-fid's get_model_features",
-                 f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}" + (goal(ips_dev >= 4000) if gpu else "")))
+    row(("FID features, images/s: device path / clean-fid's get_model_features",
+         f"{ips_dev:,.0f} / {ips_clean:,.0f} = x{ips_dev / ips_clean:.1f}" + (goal(ips_dev >= 4000) if gpu else "")))
+
+
+def print_profile(pr: dict, fast: bool) -> None:
+    print(f"profile of {pr['iterations']} training iterations (K=4, {'fast' if fast else 'eager'}):"
+          f" {pr['kind']} busy {pr['busy_s']:.3f} s of {pr['wall_s']:.3f} s wall = {100 * pr['busy_share']:.0f} %;"
+          f" costliest by self {pr['kind']} time:", flush=True)
+    for r in pr["top"]:
+        print(f"  {100 * r['share']:5.1f} %  {1e3 * r['self_s']:9.2f} ms  {r['calls']:>7} calls  {r['name'][:90]}",
+              flush=True)
 
 
 def machine(device) -> str:
@@ -243,12 +252,22 @@ def main(argv=None) -> int:
     out: dict = {"machine": machine(device), "preset": preset.name, "teacher": teacher.key}
     clock = {}
     t_section = time.perf_counter()
+    print(f"bdense-study core benchmark on {out['machine']}, preset {preset.name} (teacher {teacher.key})", flush=True)
+
+    def row(r: tuple[str, str]) -> None:
+        """Every figure is printed as soon as it is measured (a run cut short keeps what it has): the aligned
+        table comes again at the end."""
+        rows.append(r)
+        print(f"{r[0]}  {r[1]}", flush=True)
 
     def section(name):
         nonlocal t_section
         now = time.perf_counter()
         clock[name] = now - t_section
         t_section = now
+        out["section_s"] = clock
+        if args.out:  # the JSON too grows section by section
+            Path(args.out).write_text(json.dumps(out, indent=2))
 
     if gpu and not args.no_check:
         import gpu_check
@@ -262,8 +281,8 @@ def main(argv=None) -> int:
     for k in (2, 4, 8):
         o = head_overhead(net, k)
         out[f"head_K{k}"] = dict(params_pct=o.params_pct, flops_pct=o.flops_pct, params_base=o.params_base)
-        rows.append((f"head overhead K={k}: params / forward FLOPs",
-                     f"+{o.params_extra:,} ({o.params_pct:.4f}%) / +{o.flops_pct:.4f}%"))
+        row((f"head overhead K={k}: params / forward FLOPs",
+             f"+{o.params_extra:,} ({o.params_pct:.4f}%) / +{o.flops_pct:.4f}%"))
 
     # --- eager SFD iteration, fresh paths and bank (the existing measures)
     base = replace(preset.config("sfd"), iterations=iters, teacher_substeps=4, fast=False, log_every=None)
@@ -273,10 +292,10 @@ def main(argv=None) -> int:
         for k in (1, 4):
             step[(mode, k)] = step_time(teacher, [replace(base, branches=k)], bank)
             out[f"sfd_iter_s_{mode}_K{k}"] = step[(mode, k)]
-        rows.append((f"eager SFD iteration, {'teacher paths each iteration' if mode == 'fresh' else 'trajectory bank'} "
-                     f"(batch {base.batch_size}, S=4): K=1 / K=4",
-                     f"{1e3 * step[(mode, 1)]:.1f} ms / {1e3 * step[(mode, 4)]:.1f} ms = "
-                     f"x{step[(mode, 4)] / step[(mode, 1)]:.3f}"))
+        row((f"eager SFD iteration, {'teacher paths each iteration' if mode == 'fresh' else 'trajectory bank'} "
+             f"(batch {base.batch_size}, S=4): K=1 / K=4",
+             f"{1e3 * step[(mode, 1)]:.1f} ms / {1e3 * step[(mode, 4)]:.1f} ms = "
+             f"x{step[(mode, 4)] / step[(mode, 1)]:.3f}"))
     section("eager iterations")
 
     # --- fast SFD iteration against eager, K = 4 against K = 1, N students per process
@@ -287,23 +306,25 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         fast4 = step_time(teacher, [replace(fast_base, branches=4)], bank)  # compiles on the first trial
         out["compile_train_s"] = time.perf_counter() - t0 - fast_iters * fast4
+        print(f"compile time of the first fast training trial (N=1): {out['compile_train_s']:.0f} s", flush=True)
         fast4 = step_time(teacher, [replace(fast_base, branches=4)], bank)
         fast1 = step_time(teacher, [replace(fast_base, branches=1)], bank, head=1)
         fast1_wide = step_time(teacher, [replace(fast_base, branches=1)], bank)
         eager4 = step_time(teacher, [replace(base, branches=4)], bank)
         out.update(sfd_iter_s_fast_K4=fast4, sfd_iter_s_fast_K1=fast1, sfd_iter_s_fast_K1_headS=fast1_wide,
                    sfd_iter_s_eager_K4=eager4)
-        rows.append((f"SFD iteration from a bank, K=4, batch {base.batch_size}: eager / fast",
-                     f"{1e3 * eager4:.1f} ms / {1e3 * fast4:.2f} ms = x{eager4 / fast4:.2f}" + goal(eager4 / fast4 >= 4)))
-        rows.append(("fast SFD iteration: K=4 / K=1 (own 1-branch head) / K=1 in the S=4 head",
-                     f"{1e3 * fast4:.2f} / {1e3 * fast1:.2f} / {1e3 * fast1_wide:.2f} ms: K4/K1 = "
-                     f"x{fast4 / fast1:.3f}" + goal(fast4 / fast1 <= 1.02)))
+        row((f"SFD iteration from a bank, K=4, batch {base.batch_size}: eager / fast",
+             f"{1e3 * eager4:.1f} ms / {1e3 * fast4:.2f} ms = x{eager4 / fast4:.2f}" + goal(eager4 / fast4 >= 4)))
+        row(("fast SFD iteration: K=4 / K=1 (own 1-branch head) / K=1 in the S=4 head",
+             f"{1e3 * fast4:.2f} / {1e3 * fast1:.2f} / {1e3 * fast1_wide:.2f} ms: K4/K1 = "
+             f"x{fast4 / fast1:.3f}" + goal(fast4 / fast1 <= 1.02)))
     else:
-        rows.append(("fast SFD iteration", "n/a: the fast path runs on CUDA only (this run: eager)"))
+        row(("fast SFD iteration", "n/a: the fast path runs on CUDA only (this run: eager)"))
     section("fast iterations")
     if args.profile:
         prof = profile_steps(teacher, replace(fast_base, branches=4), bank, args.profile)
         out["profile"] = prof
+        print_profile(prof, use_fast(device, True))
         section("profile")
     if use_fast(device, True):  # PD's update (K = 2: the teacher's two steps, the student's two branches)
         pd = replace(preset.config("pd"), branches=2, iterations=fast_iters, log_every=1 if args.quick else 20)
@@ -314,8 +335,8 @@ def main(argv=None) -> int:
         pd_fast = pd_step_time(teacher, replace(pd, fast=True), data)
         pd_eager = pd_step_time(teacher, replace(pd, fast=False, log_every=None), data)
         out.update(pd_update_s_fast_K2=pd_fast, pd_update_s_eager_K2=pd_eager)
-        rows.append((f"PD update, K=2, batch {pd.batch_size}: eager / fast",
-                     f"{1e3 * pd_eager:.1f} ms / {1e3 * pd_fast:.2f} ms = x{pd_eager / pd_fast:.2f}"))
+        row((f"PD update, K=2, batch {pd.batch_size}: eager / fast",
+             f"{1e3 * pd_eager:.1f} ms / {1e3 * pd_fast:.2f} ms = x{pd_eager / pd_fast:.2f}"))
         section("PD updates")
     per_n = {}
     for n in students:
@@ -325,36 +346,36 @@ def main(argv=None) -> int:
     out["students_per_process"] = {n: dict(step_s=t, student_iters_per_s=n / t) for n, t in per_n.items()}
     n0 = students[0]
     for n, t in per_n.items():
-        rows.append((f"{n:>2} students per process ({'fast' if use_fast(device, True) else 'eager'}, K=4): "
-                     f"step / students x iterations per s",
-                     f"{1e3 * t:.2f} ms / {n / t:,.3g} per s = x{(n / t) / (n0 / per_n[n0]):.2f} of N={n0}"))
+        row((f"{n:>2} students per process ({'fast' if use_fast(device, True) else 'eager'}, K=4): "
+             f"step / students x iterations per s",
+             f"{1e3 * t:.2f} ms / {n / t:,.3g} per s = x{(n / t) / (n0 / per_n[n0]):.2f} of N={n0}"))
     section("students per process")
 
     # --- sampling
     res = {k: distill(teacher, replace(base, branches=k, iterations=1)) for k in (1, 4)}
     for k in (1, 4):
         out[f"sample_s_eager_K{k}"] = timed(lambda: res[k].sample(n_sample, seed=0, fast=False), device, repeat=1)
-    rows.append((f"eager student sampling, {n_sample} images at NFE {base.nfe}: K=1 / K=4",
-                 f"{out['sample_s_eager_K1']:.3f} s / {out['sample_s_eager_K4']:.3f} s = "
-                 f"x{out['sample_s_eager_K4'] / out['sample_s_eager_K1']:.3f}"))
+    row((f"eager student sampling, {n_sample} images at NFE {base.nfe}: K=1 / K=4",
+         f"{out['sample_s_eager_K1']:.3f} s / {out['sample_s_eager_K4']:.3f} s = "
+         f"x{out['sample_s_eager_K4'] / out['sample_s_eager_K1']:.3f}"))
     if use_fast(device, True):
         fast_s = timed(lambda: res[4].sample(n_sample, seed=0, fast=True), device, repeat=3)
         eager_s = out["sample_s_eager_K4"]
         out["sample_s_fast_K4"] = fast_s
-        rows.append((f"student sampling, {n_sample} images at NFE {base.nfe}, K=4: eager / fast",
-                     f"{eager_s:.3f} s / {fast_s:.3f} s = x{eager_s / fast_s:.2f}" + goal(eager_s / fast_s >= 3)))
+        row((f"student sampling, {n_sample} images at NFE {base.nfe}, K=4: eager / fast",
+             f"{eager_s:.3f} s / {fast_s:.3f} s = x{eager_s / fast_s:.2f}" + goal(eager_s / fast_s >= 3)))
         teacher_eager = timed(lambda: teacher.sample(n_sample, seed=0, fast=False), device, repeat=1, warmup=False)
         teacher_fast = timed(lambda: teacher.sample(n_sample, seed=0, fast=True), device, repeat=1)
         out.update(teacher_sample_s_eager=teacher_eager, teacher_sample_s_fast=teacher_fast)
-        rows.append((f"teacher sampling, {n_sample} images, {teacher.config.sampler} {teacher.config.sampler_steps} "
-                     f"steps: eager / fast",
-                     f"{teacher_eager:.2f} s / {teacher_fast:.2f} s = x{teacher_eager / teacher_fast:.2f}"
-                     + goal(teacher_eager / teacher_fast >= 3)))
+        row((f"teacher sampling, {n_sample} images, {teacher.config.sampler} {teacher.config.sampler_steps} "
+             f"steps: eager / fast",
+             f"{teacher_eager:.2f} s / {teacher_fast:.2f} s = x{teacher_eager / teacher_fast:.2f}"
+             + goal(teacher_eager / teacher_fast >= 3)))
     section("sampling")
 
     # --- FID features
     if not args.no_fid:
-        fid_features(args, device, quick, gpu, out, rows)
+        fid_features(args, device, quick, gpu, out, row)
         section("FID features")
 
     if args.trials_per_hour:
@@ -366,25 +387,20 @@ def main(argv=None) -> int:
         out["trials_per_hour"] = tph
         first = tph[0]["trials_per_hour"]
         for r in tph:
-            rows.append((f"study trials per hour, {r['workers']} worker(s) ({r['trials']} trials, "
-                         f"{r['mean_trial_s']:.0f} s each; start-up {r['wall_s'] - r['span_s']:.0f} s apart)",
-                         f"{r['trials_per_hour']:,.0f}/h = x{r['trials_per_hour'] / first:.2f}"))
+            row((f"study trials per hour, {r['workers']} worker(s) ({r['trials']} trials, "
+                 f"{r['mean_trial_s']:.0f} s each; start-up {r['wall_s'] - r['span_s']:.0f} s apart)",
+                 f"{r['trials_per_hour']:,.0f}/h = x{r['trials_per_hour'] / first:.2f}"))
         section("trials per hour")
 
     out["section_s"] = clock
     width = max(len(r[0]) for r in rows)
-    print(f"\nbdense-study core benchmark on {out['machine']}, preset {preset.name} (teacher {teacher.key})")
+    print(f"\nthe table again, aligned ({out['machine']}):")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     if "compile_train_s" in out:
         print(f"compile time of the first fast training trial (N=1): {out['compile_train_s']:.0f} s")
     if "profile" in out:
-        pr = out["profile"]
-        print(f"profile of {pr['iterations']} training iterations (K=4, {'fast' if use_fast(device, True) else 'eager'}):"
-              f" {pr['kind']} busy {pr['busy_s']:.3f} s of {pr['wall_s']:.3f} s wall = {100 * pr['busy_share']:.0f} %;"
-              f" costliest by self {pr['kind']} time:")
-        for r in pr["top"]:
-            print(f"  {100 * r['share']:5.1f} %  {1e3 * r['self_s']:9.2f} ms  {r['calls']:>7} calls  {r['name'][:90]}")
+        print_profile(out["profile"], use_fast(device, True))
     print("section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.items()))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))

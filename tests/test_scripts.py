@@ -294,3 +294,33 @@ def test_benchmarks_refuse_an_unknown_preset_in_one_line(script):
     r = subprocess.run([sys.executable, str(repo / "benchmarks" / script), "--preset", "nope", "--device", "cpu"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown preset 'nope'; choose one of" in r.stderr
+
+
+def test_bench_core_cut_short_keeps_what_it_measured(tmp_path):
+    """A GPU call can end (its time limit, the machine taken back) before the benchmark does: bench_core prints each
+    figure as it is measured and rewrites its JSON after each section, so a run killed midway has shown them."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    p = subprocess.Popen([sys.executable, "-u", str(repo / "benchmarks" / "bench_core.py"), "--quick", "--no-fid",
+                          "--device", "cpu", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True)
+    seen = []
+    try:
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("fast SFD iteration"):  # the next section's first row: the eager one is written
+                break
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+    assert seen and seen[-1].startswith("fast SFD iteration"), seen
+    assert any(s.startswith("head overhead K=4") for s in seen)
+    assert any(s.startswith("eager SFD iteration, trajectory bank") for s in seen)
+    assert "section times" not in "".join(seen)  # killed well before its end
+    numbers = json.loads(out.read_text())
+    assert numbers["sfd_iter_s_bank_K4"] > 0 and "eager iterations" in numbers["section_s"]
+    assert "students_per_process" not in numbers
