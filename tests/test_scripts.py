@@ -100,7 +100,7 @@ def test_bg_stop_is_ctrl_c_for_a_study_and_study_sh_still_packs_the_run_folder(t
     work, out, stage, fake = tmp_path / "work", tmp_path / "out", tmp_path / "stage", tmp_path / "bin"
     for d in (work / "scripts" / "gpu", out, fake):
         d.mkdir(parents=True)
-    for name in ("bg.sh", "stage.sh", "study.sh"):
+    for name in ("bg.sh", "stage.sh", "study.sh", "pack.sh"):
         (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
     # stands in for `python study/run.py ...`: writes a trial into the run folder, then runs until Ctrl-C, on which
     # it records the interruption there (as the study marks its running trials failed) and exits 130
@@ -154,7 +154,7 @@ def test_study_sh_restores_a_carried_pack_only_when_its_checksum_holds(tmp_path)
     work, stage, fake = tmp_path / "work", tmp_path / "stage", tmp_path / "bin"
     for d in (work / "scripts" / "gpu", work / ".gpu" / "runs", fake):
         d.mkdir(parents=True)
-    for name in ("stage.sh", "study.sh"):
+    for name in ("stage.sh", "study.sh", "pack.sh"):
         (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
     (fake / "python").write_text("#!/usr/bin/env bash\necho \"study ran: $(cat $3/optuna-journal.log)\"\n")
     (fake / "python").chmod(0o755)
@@ -324,3 +324,52 @@ def test_bench_core_cut_short_keeps_what_it_measured(tmp_path):
     numbers = json.loads(out.read_text())
     assert numbers["sfd_iter_s_bank_K4"] > 0 and "eager iterations" in numbers["section_s"]
     assert "students_per_process" not in numbers
+
+
+def test_pack_sh_snapshots_a_run_folder_that_studies_are_writing(tmp_path):
+    """scripts/gpu/pack.sh packs what a wait call brings back mid-session: the journal up to its last complete
+    line (an operation half written is dropped and the study loads), SQLite through its backup API, no caches, locks
+    or SQLite side files; pieces, count and checksum as study.sh restores them."""
+    import hashlib
+    import io
+    import sqlite3
+    import subprocess
+    import tarfile
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    repo = Path(__file__).resolve().parents[1]
+    runs, dest = tmp_path / "runs", tmp_path / "out"
+    (runs / "cache" / "banks").mkdir(parents=True)
+    (runs / "cache" / "banks" / "bank.pt").write_bytes(b"x" * 1000)
+    (runs / "mlartifacts" / "1").mkdir(parents=True)
+    (runs / "mlartifacts" / "1" / "samples.png").write_bytes(b"png")
+    journal = runs / "optuna-journal.log"
+    study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    with journal.open("ab") as f:
+        f.write(b'{"op_code": 6, "worker_id": "w", "trial_id": 3, "halfw')  # a write caught halfway
+    (runs / "optuna-journal.log.lock").write_text("held")
+    with sqlite3.connect(runs / "mlflow.db") as db:
+        db.execute("create table runs (id text)")
+        db.executemany("insert into runs values (?)", [("a",), ("b",)])
+    (runs / "mlflow.db-wal").write_bytes(b"")
+
+    subprocess.run(["bash", str(repo / "scripts" / "gpu" / "pack.sh"), str(runs), str(dest)], check=True, timeout=60)
+    pieces = sorted(dest.glob("runs.tgz.part.*"))
+    pack = b"".join(p.read_bytes() for p in pieces)
+    assert (dest / "runs.tgz.npieces").read_text().strip() == str(len(pieces)) == "1"
+    assert (dest / "runs.tgz.sha256").read_text().strip() == hashlib.sha256(pack).hexdigest()
+    back = tmp_path / "back"
+    with tarfile.open(fileobj=io.BytesIO(pack)) as tar:
+        tar.extractall(back, filter="data")
+    assert sorted(p.name for p in back.iterdir()) == ["mlartifacts", "mlflow.db", "optuna-journal.log"]
+    assert (back / "mlartifacts" / "1" / "samples.png").read_bytes() == b"png"
+    text = (back / "optuna-journal.log").read_bytes()
+    assert text.endswith(b"\n") and b'halfw' not in text and journal.read_bytes().startswith(text)
+    storage = JournalStorage(JournalFileBackend(str(back / "optuna-journal.log")))
+    restored = optuna.load_study(study_name="s", storage=storage)
+    assert [t.params for t in restored.trials] == [t.params for t in study.trials]
+    with sqlite3.connect(back / "mlflow.db") as db:
+        assert db.execute("select id from runs order by id").fetchall() == [("a",), ("b",)]

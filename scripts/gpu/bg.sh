@@ -9,7 +9,8 @@
 #   bash scripts/gpu/bg.sh pull FILE...        copy FILEs that exist into $OUT (over 15 MB: 15 MB pieces FILE.part.*)
 # End every call that waits on a job with a pull of what the job has finished: the machine, /tmp/bd with it, goes
 # back 30 s after a call unless the next one comes, and only $OUT comes back. A study.sh pack is finished when its
-# runs.tgz.sha256 is there (copying the pieces before that brings back a cut-short pack). A teacher's training checkpoint:
+# runs.tgz.sha256 is there (copying the pieces before that brings back a cut-short pack); while studies still run,
+# `bash scripts/gpu/pack.sh /tmp/bd/runs $OUT` brings back their run folder as it stands. A teacher's training checkpoint:
 #   pull /tmp/bd/cache/teachers/*/checkpoint.pt /tmp/bd/cache/teachers/*/config.json
 # brings back what scripts/gpu/stage.sh turns into that checkpoint again (see there: .gpu/teacher-KEY/).
 # The job is tracked by its pid file, not by matching command lines (a wait loop that matches a string which its

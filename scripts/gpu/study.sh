@@ -59,11 +59,7 @@ for p in "${pids[@]}"; do
   echo "study.sh: exit $rc"
 done
 for f in "$OUT"/study-*.log; do echo "== $f"; tail -25 "$f"; done
-# The pieces of an earlier pack go first; runs.tgz.sha256 (of the pieces joined) is written last, so a call that
-# copies $OUT while this packs can tell finished pieces from pieces still being written: wait for the checksum.
-rm -f "$OUT"/runs.tgz.part.* "$OUT/runs.tgz.sha256" "$OUT/runs.tgz.npieces"
-members=$(cd $RUNS && ls -A | grep -vx cache)  # the caches (banks: GBs) stay
-tar -C $RUNS -czf - $members | split -b 15m - "$OUT/runs.tgz.part."
-ls "$OUT"/runs.tgz.part.* | wc -l > "$OUT/runs.tgz.npieces"
-cat "$OUT"/runs.tgz.part.* | sha256sum | cut -d' ' -f1 > "$OUT/runs.tgz.sha256"
+# runs.tgz.sha256 (of the pieces joined) is written last, so a call that copies $OUT while this packs can tell
+# finished pieces from pieces still being written: wait for the checksum. Other studies may still be writing.
+bash scripts/gpu/pack.sh $RUNS "$OUT"
 ls -la "$OUT"
