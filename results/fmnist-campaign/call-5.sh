@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The campaign's sixth GPU session (one 4-GPU machine), after `source scripts/gpu/stage.sh`.
+# What session 6 ran (one 4-GPU machine, 4x H100), after `source scripts/gpu/stage.sh`, with MINUTES=23. Its NFE-3 stage
+# ran out of its time (14 minutes, trials unfinished) and the machine was lost before its final pack came back
+# (the README's session 6); superseded by call-6.sh.
 # From the first staging call (the wheels), scripts/gpu/banks.py solves NFE 3's three full-length banks on cuda:0-2
 #   O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 #   for i in 0 1 2; do bash scripts/gpu/bg.sh start b$i python scripts/gpu/banks.py --bank 3:full:100$i -- $O --device cuda:$i; done
