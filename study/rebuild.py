@@ -146,7 +146,7 @@ def rebuild(folder: Path, url: str) -> optuna.Study:
     write_settings(storage, storage.get_study_id_from_name(name), HeartbeatSettings.make())
     for key, value in attrs.items():
         study.set_user_attr(key, value)
-    study.set_user_attr("rebuilt_from", f"{(folder / 'trials.csv').resolve()} and summary.json, "
+    study.set_user_attr("rebuilt_from", f"{folder / 'trials.csv'} and summary.json, "
                                         f"{datetime.now():%Y-%m-%d %H:%M}: the trials' MLflow runs, intermediate "
                                         f"values and system attributes were not recovered")
     study.set_metric_names([str(attrs.get(c.OBJECTIVE, "fid")).upper()])
