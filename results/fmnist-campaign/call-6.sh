@@ -16,6 +16,8 @@
 # and every later call waits about 9 minutes, then brings back what stands (the machine goes back 30 s after a call
 # ends, and with it everything not brought back: session 6 lost its second half so):
 #   bash scripts/gpu/pack.sh /tmp/bd/runs $OUT; tar -czf $OUT/logs.tgz /tmp/bd/jobs/*.log /tmp/bd/out/*/*.log /tmp/bd/out/core/*
+# (a running trial's MLflow run in the pack's mlflow.db holds its loss at every step with the time it was logged: how
+# fast the NFE-3 trials train, which session 6 could not see)
 # Lanes, until the deadline (MINUTES, default 21, from this script's start):
 #   cuda:0-2  the SFD headline at NFE 3 at full length (K = 1, uniform K = 4, the confirmed best; seeds 1000-1002 in
 #             each trial's three batched students): it waits for its banks, then about 8-10 minutes a trial (session 6
