@@ -293,7 +293,7 @@ def cached_trajectory_bank(
             if bank is not None:
                 return bank
             bank = place_bank(build_trajectory_bank(teacher, n, config, seed, dtype=dtype, device=place,
-                                                 k_choices=k_choices), place)
+                                                    k_choices=k_choices), place)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save({"states": bank.states.cpu(), "grid": bank.grid.cpu(), "points": list(bank.points)}, tmp)
             os.replace(tmp, path)
@@ -304,8 +304,9 @@ def cached_trajectory_bank(
 
 # A bank larger than this stays in (pinned) host memory and its batches are copied to the GPU as they are drawn:
 # the banks of SFD's full budget (200,064 paths, fp16, K in {1, 2, 3, 4, 6, 8} at S = 24) take 7.3 GiB at NFE 2,
-# 10.8 at NFE 3, 14.3 at NFE 4 and 17.8 at NFE 5, and a trial of three seeds holds three. A fixed size, not the free memory, decides, so a seed draws the same rows on every machine (a
-# bank's rows are permuted by a generator on the bank's device).
+# 10.8 at NFE 3, 14.3 at NFE 4 and 17.8 at NFE 5, and a trial of three seeds holds three. A fixed size, not the
+# free memory, decides, so a seed draws the same rows on every machine (a bank's rows are permuted by a generator
+# on the bank's device).
 BANK_GPU_BYTES = 12 * 2**30
 
 
