@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from .contract import TAG_KIND as KIND_TAG, TAG_PARENT as PARENT_TAG, TAG_RUN_NAME as RUN_NAME_TAG
 from .contract import TAG_STUDY as STUDY_TAG, TAG_TRIAL as TRIAL_TAG
+from .mlflow_sqlite import first_open
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's experiment type: GenAI or model training
 MODEL_TRAINING = "custom_model_development"
@@ -164,8 +165,9 @@ class Tracker:
         elif is_local_store(tracking_uri):
             _check_local(tracking_uri, artifact_root)
         try:
-            tracker = cls(tracking_uri, artifact_root)
-            tracker.client.search_experiments(max_results=1)
+            with first_open(tracking_uri):  # a new SQLite store: one process creates its schema (mlflow_sqlite.py)
+                tracker = cls(tracking_uri, artifact_root)
+                tracker.client.search_experiments(max_results=1)
         except TrackingError:
             raise
         except Exception as e:  # noqa: BLE001 - any client error means the store is unusable
