@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-
 from study.mlflow_sqlite import sqlite_path
 
 WORKERS, REPS = 4, 3
