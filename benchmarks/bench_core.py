@@ -313,7 +313,7 @@ def main(argv=None) -> int:
         fast1_wide = step_time(teacher, [replace(fast_base, branches=1)], bank)
         eager4 = step_time(teacher, [replace(base, branches=4)], bank)
         # a full-length bank past NFE 2 outgrows BANK_GPU_BYTES and stays in pinned host memory: its batches are
-        # gathered on the host and copied over every iteration
+        # gathered on the host into pinned buffers and copied over every iteration (sfd.PathDraws)
         fast4_host = step_time(teacher, [replace(fast_base, branches=4)], place_bank(bank, torch.device("cpu")))
         out.update(sfd_iter_s_fast_K4=fast4, sfd_iter_s_fast_K1=fast1, sfd_iter_s_fast_K1_headS=fast1_wide,
                    sfd_iter_s_eager_K4=eager4, sfd_iter_s_fast_K4_host_bank=fast4_host)

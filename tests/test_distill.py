@@ -158,6 +158,27 @@ def test_large_banks_live_in_host_memory_by_a_fixed_size_rule():
     assert bank_device("cpu", 10 * BANK_GPU_BYTES) == torch.device("cpu")
 
 
+def test_draws_from_a_host_bank_equal_indexing_it_and_keep_what_they_returned(teacher):
+    """PathDraws gathers a host-memory bank's rows into two reused buffers: every batch equals the bank indexed
+    at the stream's rows (passes crossed, two seeds), and a batch already handed out is not overwritten."""
+    from bdense_core.distill.sfd import PathDraws, PathStream, TrajectoryBank
+
+    cfg = TINY.config("sfd")
+    states = torch.randn(20, 3, 1, 4, 4).half()  # 20 paths of 3 points: a batch of 8 crosses a pass every 2.5 draws
+    banks = [TrajectoryBank(s, cfg.teacher_grid(), (0, 4, 8)) for s in (states, states + 1)]
+    draws = PathDraws([PathStream(7, banks[0], teacher.device), PathStream(8, banks[1], teacher.device)], teacher,
+                      cfg, batch=8, fast=False)
+    again = [PathStream(7, banks[0], teacher.device), PathStream(8, banks[1], teacher.device)]
+    assert draws.host
+    got, want = [], []
+    for _ in range(6):
+        got.append(draws())
+        want.append(torch.stack([st.bank.states[st.rows(8)] for st in again]))
+    for g, w in zip(got, want):  # compared after all six draws: the reused buffers left earlier batches alone
+        assert g.shape == (2, 8, 3, 1, 4, 4) and g.dtype == torch.float16
+        assert torch.equal(g, w)
+
+
 def test_progressive_distillation_lowers_error_against_teacher(teacher):
     data = load_images(TINY.teacher.data)
     for k in (1, 2):

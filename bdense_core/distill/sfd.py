@@ -536,6 +536,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
     stream_list = list(streams.values())
     u_of_n = torch.tensor(stream_of, device=device)
     cols, taus, weights, end = _student_tables(configs, banks, head, grid, device)
+    draw = PathDraws(stream_list, teacher, ref, batch, fast)
     active_w = weights.clone()  # a stopped student's row becomes 0: no loss, no gradient
 
     engine = _engine(teacher, n_students, head, batch, fast, bf16=fast or ref.amp)
@@ -617,7 +618,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                     group["lr"] = ref.lr / 10 if it > 0 else ref.lr
             if fast:
                 new_step()
-            states = _draw(stream_list, teacher, ref, batch, fast)  # [U, B, P, C, H, W]
+            states = draw()  # [U, B, P, C, H, W]
             x = states[u_of_n, :, 0].float()
             row = logs[current][it - first]
             row.zero_()
@@ -658,13 +659,51 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
         engine.opt = None
 
 
-def _draw(streams: list[PathStream], teacher: Teacher, config: SFDConfig, batch: int, fast: bool) -> torch.Tensor:
-    """One batch of teacher paths per stream: ``[U, B, P, C, H, W]`` (bank rows, or the teacher's fresh solve)."""
-    if streams[0].bank is not None:
-        return torch.stack([st.bank.states[st.rows(batch)] for st in streams]).to(teacher.device, non_blocking=True)
-    x_T = torch.cat([st.x_T(batch, teacher.image_shape, config.sigma_max) for st in streams])
-    states = teacher_trajectories(teacher, x_T, config, fast=fast)
-    return states.view(len(streams), batch, *states.shape[1:])
+class PathDraws:
+    """Each call: one batch of teacher paths per stream, ``[U, B, P, C, H, W]`` on ``device`` (bank rows, or the
+    teacher's fresh solve).
+
+    A bank on the GPU is indexed there. A bank in host memory (above :data:`BANK_GPU_BYTES`) is gathered on the
+    host into one of two pinned buffers and copied over without waiting: a copy from pageable memory would make
+    the host wait for every queued step first, so the compiled steps could no longer run ahead of it (bench_core
+    measured such a bank x2.99 slower than one on the GPU, session 7). A buffer is written again only after its
+    copy of two draws before has finished. Rows and values are those of indexing the bank directly.
+    """
+
+    def __init__(self, streams: list[PathStream], teacher: Teacher, config: SFDConfig, batch: int, fast: bool,
+                 device: torch.device | None = None):
+        self.streams, self.teacher, self.config, self.batch, self.fast = streams, teacher, config, batch, fast
+        self.device = torch.device(device if device is not None else teacher.device)
+        bank = streams[0].bank
+        self.host = bank is not None and bank.states.device.type == "cpu"
+        if self.host:
+            shape = (len(streams), batch, *bank.states.shape[1:])
+            pin = self.device.type == "cuda"
+            self.buffers = [torch.empty(shape, dtype=bank.states.dtype, pin_memory=pin) for _ in range(2)]
+            self.copied: list = [None, None]
+            self.next = 0
+
+    def __call__(self) -> torch.Tensor:
+        if self.host:
+            i = self.next
+            self.next = 1 - i
+            if self.copied[i] is not None:
+                self.copied[i].synchronize()
+            buffer = self.buffers[i]
+            for u, st in enumerate(self.streams):
+                torch.index_select(st.bank.states, 0, st.rows(self.batch), out=buffer[u])
+            out = buffer.to(self.device, non_blocking=True, copy=True)
+            if self.device.type == "cuda":
+                self.copied[i] = torch.cuda.Event()
+                self.copied[i].record()
+            return out
+        streams = self.streams
+        if streams[0].bank is not None:
+            return torch.stack([st.bank.states[st.rows(self.batch)] for st in streams]).to(self.device,
+                                                                                          non_blocking=True)
+        x_T = torch.cat([st.x_T(self.batch, self.teacher.image_shape, self.config.sigma_max) for st in streams])
+        states = teacher_trajectories(self.teacher, x_T, self.config, fast=self.fast)
+        return states.view(len(streams), self.batch, *states.shape[1:])
 
 
 def _result(student, config: SFDConfig, teacher: Teacher, history, wall: float) -> DistillResult:
