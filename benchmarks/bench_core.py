@@ -201,6 +201,13 @@ def print_profile(pr: dict, fast: bool) -> None:
               flush=True)
 
 
+def write_json(path: Path, obj: dict) -> None:
+    """``obj`` as JSON at ``path``, replaced in one step (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
@@ -230,6 +237,9 @@ def main(argv=None) -> int:
     p.add_argument("--study-args", default="", metavar="ARGS",
                    help="extra study/run.py options for those studies, one string (e.g. '--iterations 200')")
     p.add_argument("--no-fid", action="store_true", help="skip the FID feature timing (needs Fashion-MNIST and Inception)")
+    p.add_argument("--campaign-nfe", type=int, nargs="*", default=None, metavar="NFE",
+                   help="also time the fast SFD iteration as the campaign trains it (the preset's S, 1 and 3 students) "
+                        "at these NFE")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="profile the SFD training step (K=4, fast path on CUDA) and print its N costliest operators")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
@@ -268,8 +278,8 @@ def main(argv=None) -> int:
         clock[name] = now - t_section
         t_section = now
         out["section_s"] = clock
-        if args.out:  # the JSON too grows section by section
-            Path(args.out).write_text(json.dumps(out, indent=2))
+        if args.out:  # the JSON too grows section by section (replaced whole: a run killed mid-write leaves the last)
+            write_json(Path(args.out), out)
 
     if gpu and not args.no_check:
         import gpu_check
@@ -366,6 +376,26 @@ def main(argv=None) -> int:
              f"step / students x iterations per s",
              f"{1e3 * t:.2f} ms / {n / t:,.3g} per s = x{(n / t) / (n0 / per_n[n0]):.2f} of N={n0}"))
     section("students per process")
+    if args.campaign_nfe:
+        # the campaign's own trial shape: the preset's S (24 sub-steps a jump, so a 24-branch head), three seeds'
+        # students batched as in a confirmation trial, at each NFE (session 7's NFE-3 trials trained 23.7 ms per
+        # student and interval, session 5's NFE-2 ones about 11)
+        for nfe in args.campaign_nfe:
+            cfg = replace(preset.config("sfd"), nfe=nfe, branches=4, fast=True, iterations=fast_iters,
+                          log_every=1 if args.quick else 20)
+            nbank = build_trajectory_bank(teacher, 16 * cfg.batch_size, cfg, seed=0, k_choices=(1, 4))
+            per_interval = len(cfg.trained_intervals())
+            for n in (1, 3):
+                configs = [replace(cfg, seed=i) for i in range(n)]
+                step_time(teacher, configs, nbank)  # compiles this shape
+                t = step_time(teacher, configs, nbank)
+                out.setdefault("campaign_iteration_s", {})[f"nfe{nfe}_n{n}"] = t
+                row((f"{'fast' if use_fast(device, True) else 'eager'} SFD iteration as the campaign trains "
+                     f"(S={cfg.teacher_substeps}, K=4): NFE {nfe}, {n} "
+                     f"student{'s' if n > 1 else ''}", f"{1e3 * t:.2f} ms = {1e3 * t / (n * per_interval):.2f} ms per "
+                     f"student and interval"))
+            del nbank
+        section("campaign iterations")
 
     # --- sampling
     res = {k: distill(teacher, replace(base, branches=k, iterations=1)) for k in (1, 4)}
@@ -419,7 +449,7 @@ def main(argv=None) -> int:
         print_profile(out["profile"], use_fast(device, True))
     print("section times: " + ", ".join(f"{k} {v:.0f} s" for k, v in clock.items()))
     if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2))
+        write_json(Path(args.out), out)
     failed = [c for c in out.get("checks", []) if c["ok"] is False]
     return 1 if failed else 0
 

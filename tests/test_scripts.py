@@ -296,6 +296,24 @@ def test_benchmarks_refuse_an_unknown_preset_in_one_line(script):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown preset 'nope'; choose one of" in r.stderr
 
 
+def test_bench_core_times_the_campaigns_iteration_at_each_nfe(tmp_path):
+    """--campaign-nfe times the SFD iteration of the campaign's shape (1 and 3 students) at each NFE: a student
+    trains one interval more at NFE 3 than at NFE 2, so its iteration takes longer."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_core.py"), "--quick", "--no-fid",
+                        "--campaign-nfe", "2", "3", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    t = json.loads(out.read_text())["campaign_iteration_s"]
+    assert sorted(t) == ["nfe2_n1", "nfe2_n3", "nfe3_n1", "nfe3_n3"] and all(v > 0 for v in t.values())
+    assert t["nfe3_n1"] > t["nfe2_n1"] and t["nfe3_n3"] > t["nfe2_n3"]
+    assert r.stdout.count("SFD iteration as the campaign trains") == 2 * 4  # each row, then the aligned table
+
+
 def test_bench_core_cut_short_keeps_what_it_measured(tmp_path):
     """A GPU call can end (its time limit, the machine taken back) before the benchmark does: bench_core prints each
     figure as it is measured and rewrites its JSON after each section, so a run killed midway has shown them."""
