@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The campaign's next GPU session (one 4-GPU machine), after `source scripts/gpu/stage.sh`. Planned, not run yet.
+# What session 7 ran (twice: its first machine was lost after 13 minutes, the second one ran out of device time
+# before the NFE-3 trials ended; see the README). `MINUTES=23`, then `MINUTES=14`; bench_core ran on the first
+# machine only. The next session's chain is call-7.sh.
 # Here first: `bash scripts/gpu/prepare.sh`, then the run folder from the published report (the store itself is not
 # kept between sessions):
 #   python -m study.rebuild results/fmnist-campaign/report-2026-11-27 --runs-dir /tmp/runs
