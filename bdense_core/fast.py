@@ -9,7 +9,8 @@ model's weights into those buffers. CUDA graphs need exactly that (fixed address
 networks here are small (a few million parameters at 32 px), so launch overhead, not arithmetic, is what the
 eager path pays: ``mode="reduce-overhead"`` (CUDA graph trees) removes it, and Inductor fuses the pointwise
 work and lays convolutions out channels_last. ``BDENSE_COMPILE_MODE`` selects another torch.compile mode
-(e.g. ``max-autotune-no-cudagraphs``) without touching the code, for diagnosis on a new machine.
+(e.g. ``max-autotune-no-cudagraphs``) without touching the code, for diagnosis on a new machine, and
+``BDENSE_FORCE_LAYOUT_OPT=1`` forces Inductor's channels-last layout for graphs it would leave NCHW.
 
 A compiled graph's outputs live in memory that its next replay overwrites: everything here hands back
 clones, so callers keep what they get.
@@ -41,11 +42,31 @@ def compile_mode() -> str:
     return os.environ.get("BDENSE_COMPILE_MODE", "reduce-overhead")
 
 
+def force_layout_opt() -> bool:
+    """Whether Inductor's channels-last layout optimisation is forced (``BDENSE_FORCE_LAYOUT_OPT=1``).
+
+    Inductor declines it for the UNet's training graph ("some convolutions have smaller out_channel": the decoder's
+    skip concatenations), so cuDNN converts NCHW to NHWC around each bf16 convolution: 10 % of a training step's
+    device time on the H100 (bench_core's profile, session 7). Off by default until a benchmark shows it pays."""
+    return os.environ.get("BDENSE_FORCE_LAYOUT_OPT", "0") == "1"
+
+
+def compile_options() -> dict:
+    """torch.compile's options for the fast path: those of :func:`compile_mode` (``torch._inductor.list_mode_options``,
+    what ``mode=`` applies), plus the forced layout optimisation where :func:`force_layout_opt` says."""
+    from torch._inductor import list_mode_options
+
+    options = dict(list_mode_options(compile_mode(), dynamic=False))
+    if force_layout_opt():
+        options["force_layout_optimization"] = True
+    return options
+
+
 def compiled(module: nn.Module):
     """``module`` compiled for the fast path (static shapes: one graph per input shape). Shapes being static,
     cuDNN times its convolution algorithms once per shape and keeps the fastest (``cudnn.benchmark``)."""
     torch.backends.cudnn.benchmark = True
-    return torch.compile(module, mode=compile_mode(), dynamic=False)
+    return torch.compile(module, options=compile_options(), dynamic=False)
 
 
 def new_step() -> None:
@@ -106,7 +127,8 @@ _SAMPLERS: dict[tuple, SamplingEngine] = {}
 def sampling_engine(denoiser: EDMPrecond, batch: int = SAMPLE_BATCH, bf16: bool = True) -> SamplingEngine:
     """The process's compiled sampler for ``denoiser``'s architecture at ``batch`` (bf16 or fp32), ``denoiser`` loaded."""
     device = next(denoiser.parameters()).device
-    key = (denoiser.net.config, denoiser.channels, denoiser.sigma_data, batch, str(device), bf16)
+    key = (denoiser.net.config, denoiser.channels, denoiser.sigma_data, batch, str(device), bf16, compile_mode(),
+           force_layout_opt())
     if key not in _SAMPLERS:
         _SAMPLERS[key] = SamplingEngine(denoiser.net, denoiser.channels, denoiser.sigma_data, batch, device, bf16)
     return _SAMPLERS[key].load(denoiser)

@@ -19,6 +19,9 @@ weights: timing does not depend on training):
   and the eager student sampling for K = 1 and K = 4;
 - FID feature throughput: the project's device path (torch bicubic-antialias resize + Inception on the
   device, goal >= 4,000 images/s on an H100) against clean-fid's own ``get_model_features`` path;
+- with ``--campaign-nfe 2 3 4``: the fast SFD iteration in the campaign's own shape (the preset's S, 1 and 3
+  students from a bank on the GPU) at each NFE, per student and interval, and at the first NFE the same step
+  compiled with Inductor's channels-last layout forced (``BDENSE_FORCE_LAYOUT_OPT=1``) against the default;
 - with ``--profile N``: where the SFD training step's time goes (``torch.profiler`` over 60 fast iterations, K = 4):
   how much of the wall time the GPU was busy and the N costliest operators and kernels by self device time (the
   profile issue 14 asks for where a goal is missed);
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -394,6 +398,19 @@ def main(argv=None) -> int:
                      f"(S={cfg.teacher_substeps}, K=4): NFE {nfe}, {n} "
                      f"student{'s' if n > 1 else ''}", f"{1e3 * t:.2f} ms = {1e3 * t / (n * per_interval):.2f} ms per "
                      f"student and interval"))
+                if nfe == args.campaign_nfe[0] and use_fast(device, True):
+                    # Inductor leaves this graph NCHW and cuDNN converts around each convolution (the profile):
+                    # the same step compiled with the channels-last layout forced (fast.force_layout_opt)
+                    os.environ["BDENSE_FORCE_LAYOUT_OPT"] = "1"
+                    try:
+                        step_time(teacher, configs, nbank)  # compiles the forced-layout engine
+                        forced = step_time(teacher, configs, nbank)
+                    finally:
+                        del os.environ["BDENSE_FORCE_LAYOUT_OPT"]
+                    out["campaign_iteration_s"][f"nfe{nfe}_n{n}_forced_layout"] = forced
+                    row((f"  the same, NFE {nfe}, {n} student{'s' if n > 1 else ''}: default / forced channels-last "
+                         "layout (BDENSE_FORCE_LAYOUT_OPT=1)", f"{1e3 * t:.2f} ms / {1e3 * forced:.2f} ms = "
+                         f"x{t / forced:.2f}"))
             del nbank
         section("campaign iterations")
 

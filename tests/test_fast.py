@@ -189,6 +189,24 @@ def test_batch_key_groups_what_may_train_together(teacher):
     assert [r.config for r in out] == configs
 
 
+def test_compile_options_are_the_modes_own_and_force_the_layout_only_when_asked(monkeypatch):
+    """The fast path compiles with torch.compile's options: a mode's are what list_mode_options gives (CUDA graphs
+    for reduce-overhead), BDENSE_FORCE_LAYOUT_OPT=1 adds Inductor's forced channels-last layout, and torch.compile
+    accepts that option name (it refuses unknown ones when called)."""
+    from bdense_core.fast import compile_options, force_layout_opt
+
+    monkeypatch.delenv("BDENSE_COMPILE_MODE", raising=False)
+    monkeypatch.delenv("BDENSE_FORCE_LAYOUT_OPT", raising=False)
+    assert not force_layout_opt() and compile_options() == {"triton.cudagraphs": True}
+    monkeypatch.setenv("BDENSE_COMPILE_MODE", "max-autotune-no-cudagraphs")
+    assert "triton.cudagraphs" not in compile_options() and compile_options()["max_autotune"] is True
+    monkeypatch.setenv("BDENSE_FORCE_LAYOUT_OPT", "1")
+    assert force_layout_opt() and compile_options()["force_layout_optimization"] is True
+    torch.compile(torch.nn.Conv2d(1, 1, 1), options=compile_options(), dynamic=False)
+    with pytest.raises(RuntimeError, match="Unexpected optimization option"):
+        torch.compile(torch.nn.Conv2d(1, 1, 1), options={"force_layout_optimisation": True})
+
+
 def test_lengths_by_name():
     assert LENGTHS == ("screen", "full")
     for preset in PRESETS.values():

@@ -66,7 +66,7 @@ from torch import nn
 
 from ..data import ImageSet
 from ..edm import karras_sigmas, sample_euler
-from ..fast import Endpoint, compiled, new_step, use_fast
+from ..fast import Endpoint, compile_mode, compiled, force_layout_opt, new_step, use_fast
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
@@ -243,7 +243,7 @@ def _engine(teacher: Teacher, config: PDConfig, fast: bool) -> PDEngine:
         return PDEngine(teacher, config, fast=False)
     d = teacher.denoiser
     key = (teacher.key, d.net.config, config.branches, config.batch_size, config.distance, config.gamma, config.amp,
-           str(teacher.device))  # what the compiled step holds: an engine serves only configs equal in these
+           str(teacher.device), compile_mode(), force_layout_opt())  # an engine serves only configs equal in these
     if key not in _ENGINES:
         _ENGINES[key] = PDEngine(teacher, config, fast=True)
     return _ENGINES[key]

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..edm import SOLVERS, grid_values, karras_sigmas, solve
-from ..fast import SAMPLE_BATCH, compiled, new_step, sampling_engine, use_fast
+from ..fast import SAMPLE_BATCH, compile_mode, compiled, force_layout_opt, new_step, sampling_engine, use_fast
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
@@ -446,7 +446,8 @@ def _engine(teacher: Teacher, n: int, head: int, batch: int, fast: bool, bf16: b
     if not fast:
         return SFDEngine(make_student(teacher.denoiser, head), n, bf16, compile_step=False)
     d = teacher.denoiser
-    key = (d.net.config, d.channels, d.sigma_data, n, head, batch, str(teacher.device))
+    key = (d.net.config, d.channels, d.sigma_data, n, head, batch, str(teacher.device), compile_mode(),
+           force_layout_opt())
     if key not in _ENGINES:
         _ENGINES[key] = SFDEngine(make_student(d, head), n, bf16=True, compile_step=True)
     return _ENGINES[key]

@@ -17,7 +17,7 @@
 #   mkdir -p /tmp/bd/out/core; BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1 bash scripts/gpu/bg.sh start core python \
 #     benchmarks/bench_core.py --device cuda:3 --no-check --students 1 --profile 15 --campaign-nfe 2 3 4 \
 #     --out /tmp/bd/out/core/bench_core.json
-# (about 12 minutes: session 7's run without --campaign-nfe took 9.5)
+# (about 14 minutes: session 7's run without --campaign-nfe took 9.5; the campaign rows compile 4 more engines)
 # The last staging call (.gpu/p5) starts this chain:
 #   MINUTES=24 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-7.sh
 # and every later call waits 9.5 minutes (sleep 570), then brings back what stands (the machine goes back 30 s after
