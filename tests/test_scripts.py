@@ -314,6 +314,29 @@ def test_bench_core_times_the_campaigns_iteration_at_each_nfe(tmp_path):
     assert r.stdout.count("SFD iteration as the campaign trains") == 2 * 4  # each row, then the aligned table
 
 
+@pytest.mark.slow
+def test_bench_gpus_times_overlapping_windows_and_tracks_every_record(tmp_path):
+    """bench_gpus's side-by-side processes time windows that overlap (they wait for each other after compiling),
+    and --track logs each student's every record into the phase's shared MLflow store, as a study's workers do."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpus.json"
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_gpus.py"), "--devices", "cpu,cpu", "--preset",
+                        "tiny", "--iterations", "6", "--students", "2", "--track", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert d["alone"]["logged_loss_steps"] == [6, 6] and d["alone"]["students"] == 2
+    together = d["together"]
+    assert len(together) == 2 and all(x["logged_loss_steps"] == [6, 6] and x["step_ms"] > 0 for x in together)
+    assert max(x["window"][0] for x in together) < min(x["window"][1] for x in together)
+    assert d["ratio"] == pytest.approx(sum(x["student_iterations_per_s"] for x in together)
+                                       / d["alone"]["student_iterations_per_s"])
+
+
 def test_bench_core_cut_short_keeps_what_it_measured(tmp_path):
     """A GPU call can end (its time limit, the machine taken back) before the benchmark does: bench_core prints each
     figure as it is measured and rewrites its JSON after each section, so a run killed midway has shown them."""

@@ -31,11 +31,12 @@
 #   cuda:0-2  the SFD headline at NFE 3 at full length (K = 1, uniform K = 4, the confirmed best; seeds 1000-1002 in
 #             each trial's three batched students): it waits for its banks (6.5 minutes), then about 2 minutes of
 #             bank loading and compiling, 5.5 minutes of training (213 ms an iteration in session 7) and the FID
-#             (session 7: 14.3 minutes from the chain's start to the end of training);
-#             then, with 6 minutes or more
-#             left, cuda:0-1 measure whole trials an hour on 2 GPUs against 1 (benchmarks/bench_trials.py, screen-length
-#             trials: they need no full-length bank of NFE 2, which would cost 5 minutes first) and cuda:2 runs PD
-#             with the state distance (the authors' code), its screen of 12 trials, as far as the time goes;
+#             (session 7: 14.3 minutes from the chain's start to the end of training); then, with 6 minutes or more
+#             left, cuda:0-1 measure whole trials an hour on 2 GPUs against 1 (benchmarks/bench_trials.py,
+#             screen-length trials: they need no full-length bank of NFE 2, which would cost 5 minutes first), then
+#             with 4 minutes left bench_gpus.py --track in the campaign's shape (both GPUs timed at once, the study's
+#             MLflow logging on), and cuda:2 runs PD with the state distance (the authors' code), its screen of 12
+#             trials, as far as the time goes;
 #   cuda:3    once bench_core has ended: PD with the x distance (Salimans and Ho's): a screen of 12 trials (K = 1,
 #             uniform K = 2, 10 searched a at K = 2), then the best a and both baselines at 1,000 updates a round,
 #             seeds 1000-1002, as far as the time goes (session 7 timed PD's fast update at 21.5 ms, fp32).
@@ -62,6 +63,10 @@ OUT=$D/restore bash scripts/gpu/study.sh 1 > /dev/null 2>&1  # restores the run 
     timeout --signal=INT $(( $(left) * 60 - 30 )) python benchmarks/bench_trials.py --setup 1:cuda:0 \
       --setup 2:cuda:0,cuda:1 --trials 6 --out $D/trials/bench_trials.json -- --preset fmnist-gpu --k 2 3 4 6 8 \
       --seed 1000 > $D/trials/bench_trials.log 2>&1
+    if [ "$(left)" -ge 4 ]; then  # why side-by-side workers trained slower (results/README.md): with the study's logging
+      timeout --signal=INT $(( $(left) * 60 - 30 )) python benchmarks/bench_gpus.py --devices cuda:0,cuda:1 \
+        --substeps 24 --students 3 --track --out $D/trials/bench_gpus_track.json > $D/trials/bench_gpus.log 2>&1
+    fi
     wait
   fi
 ) &
