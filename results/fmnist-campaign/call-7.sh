@@ -63,7 +63,7 @@ OUT=$D/restore bash scripts/gpu/study.sh 1 > /dev/null 2>&1  # restores the run 
     timeout --signal=INT $(( $(left) * 60 - 30 )) python benchmarks/bench_trials.py --setup 1:cuda:0 \
       --setup 2:cuda:0,cuda:1 --trials 6 --out $D/trials/bench_trials.json -- --preset fmnist-gpu --k 2 3 4 6 8 \
       --seed 1000 > $D/trials/bench_trials.log 2>&1
-    if [ "$(left)" -ge 4 ]; then  # why side-by-side workers trained slower (results/README.md): with the study's logging
+    if [ "$(left)" -ge 4 ]; then  # why side-by-side workers trained slower (results/README.md), with MLflow logging
       timeout --signal=INT $(( $(left) * 60 - 30 )) python benchmarks/bench_gpus.py --devices cuda:0,cuda:1 \
         --substeps 24 --students 3 --track --out $D/trials/bench_gpus_track.json > $D/trials/bench_gpus.log 2>&1
     fi
