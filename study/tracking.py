@@ -31,6 +31,7 @@ from typing import Any, Callable
 from .contract import TAG_KIND as KIND_TAG, TAG_PARENT as PARENT_TAG, TAG_RUN_NAME as RUN_NAME_TAG
 from .contract import TAG_STUDY as STUDY_TAG, TAG_TRIAL as TRIAL_TAG
 from .mlflow_sqlite import first_open
+
 MAX_BATCH = 900  # MLflow accepts 1000 metrics per log_batch
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's experiment type: GenAI or model training
 MODEL_TRAINING = "custom_model_development"
