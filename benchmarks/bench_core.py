@@ -95,14 +95,18 @@ def load_bench_teacher(preset_name: str, device: torch.device):
     return Teacher(net, preset.teacher, key="random"), preset
 
 
-def step_time(teacher, configs, bank, head=None) -> float:
-    """Steady-state seconds per iteration of ``train_sfd_many(configs)`` (from the first to the last burst)."""
+def step_time(teacher, configs, bank, head=None, also=None) -> float:
+    """Steady-state seconds per iteration of ``train_sfd_many(configs)`` (from the first to the last burst).
+    ``also``: one more callback per student (or None), given each of its records as training goes."""
     stamps: dict[int, float] = {}
+    also = list(also) if also is not None else [None] * len(configs)
 
     def stamp(rec):
         stamps[int(rec["step"])] = time.perf_counter()
+        if also[0] is not None:
+            also[0](rec)
 
-    callbacks = [stamp] + [None] * (len(configs) - 1)
+    callbacks = [stamp] + also[1:]
     out = train_sfd_many(teacher, configs, [bank] * len(configs), callbacks, head=head)
     if isinstance(out[0], BaseException):
         raise out[0]

@@ -52,8 +52,7 @@ def one(device: str, iterations: int, preset_name: str, substeps: int | None, st
     import torch
 
     from bdense_core.distill import build_trajectory_bank
-    from bdense_core.distill.sfd import train_sfd_many
-    from bench_core import _steady_s, load_bench_teacher
+    from bench_core import load_bench_teacher, step_time
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -66,23 +65,11 @@ def one(device: str, iterations: int, preset_name: str, substeps: int | None, st
 
     def trial(iters: int, runs=None) -> float:
         configs = [replace(base, iterations=iters, seed=i) for i in range(students)]
-        stamps: dict[int, float] = {}
-
-        def hook(i: int):
-            def record(rec):
-                if i == 0:
-                    stamps[int(rec["step"])] = time.perf_counter()
-                if runs is not None:
-                    runs[i].log_step(rec, int(rec["step"]))
-            return record
-
-        out = train_sfd_many(teacher, configs, [bank] * students, [hook(i) for i in range(students)])
-        if isinstance(out[0], BaseException):
-            raise out[0]
-        if runs is not None:
-            for r in runs:
-                r.flush()
-        return _steady_s(stamps, configs[0], dev, "a timed trial needs more than {} iterations")
+        loggers = [lambda rec, r=r: r.log_step(rec, int(rec["step"])) for r in runs] if runs else None
+        t = step_time(teacher, configs, bank, also=loggers)
+        for r in runs or ():
+            r.flush()
+        return t
 
     trial(min(60, iterations))  # compiles
     runs = None

@@ -661,8 +661,8 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
 
 
 class PathDraws:
-    """Each call: one batch of teacher paths per stream, ``[U, B, P, C, H, W]`` on ``device`` (bank rows, or the
-    teacher's fresh solve).
+    """Each call: one batch of teacher paths per stream, ``[U, B, P, C, H, W]`` on the teacher's device (bank rows,
+    or the teacher's fresh solve).
 
     A bank on the GPU is indexed there. A bank in host memory (above :data:`BANK_GPU_BYTES`) is gathered on the
     host into one of two pinned buffers and copied over without waiting: a copy from pageable memory would make
@@ -671,10 +671,9 @@ class PathDraws:
     copy of two draws before has finished. Rows and values are those of indexing the bank directly.
     """
 
-    def __init__(self, streams: list[PathStream], teacher: Teacher, config: SFDConfig, batch: int, fast: bool,
-                 device: torch.device | None = None):
+    def __init__(self, streams: list[PathStream], teacher: Teacher, config: SFDConfig, batch: int, fast: bool):
         self.streams, self.teacher, self.config, self.batch, self.fast = streams, teacher, config, batch, fast
-        self.device = torch.device(device if device is not None else teacher.device)
+        self.device = teacher.device
         bank = streams[0].bank
         self.host = bank is not None and bank.states.device.type == "cpu"
         if self.host:
