@@ -399,3 +399,45 @@ def test_gpu_preset_ships_its_teacher():
     teacher = load_teacher(preset.teacher_file, "cpu")
     assert teacher.key == preset.teacher.key
     assert len(teacher.loss_history) == preset.teacher.steps
+
+
+def test_pace_splits_a_window_into_waiting_delivering_and_the_rest(caplog):
+    """A pace line: iterations done, ms an iteration over the window, and the shares of the window the host
+    waited for the device and delivered records; at most one line a window, and one at the end."""
+    from bdense_core.distill.common import Pace
+
+    now = [0.0]
+    pace = Pace("SFD, 3 students at NFE 3", total=100, every=60.0, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="bdense_core.distill"):
+        now[0] = 20.0
+        pace.waiting(15.0)
+        assert pace.done(20) is None  # inside the window: nothing yet
+        now[0] = 80.0
+        pace.waiting(33.0)
+        pace.delivering(12.0)
+        line = pace.done(40)
+        assert line == ("SFD, 3 students at NFE 3: iteration 40/100, 2000.0 ms an iteration over the last 80 s "
+                        "(host waiting for the device 60 %, delivering records 15 %)")
+        now[0] = 81.0
+        last = pace.done(100)  # the end is logged whatever the window
+        assert last.startswith("SFD, 3 students at NFE 3: iteration 100/100, 16.7 ms an iteration over the last 1 s")
+        assert "waiting for the device 0 %" in last
+    assert [r.getMessage() for r in caplog.records] == [line, last]
+
+
+def test_training_loops_log_their_pace(teacher, caplog, monkeypatch):
+    """SFD and PD training log pace lines (every block here, the window being 0 s) with their own iteration
+    counts, whatever the records' interval."""
+    from bdense_core.distill import common
+
+    monkeypatch.setattr(common, "PACE_EVERY_S", 0.0)
+    data = load_images(TINY.teacher.data)
+    with caplog.at_level("INFO", logger="bdense_core.distill"):
+        distill(teacher, replace(TINY.config("sfd"), branches=2, iterations=6, log_every=3))
+        distill(teacher, replace(TINY.config("pd"), branches=2, iterations=4, log_every=2), data=data)
+    lines = [r.getMessage() for r in caplog.records]
+    rounds = TINY.config("pd").rounds
+    assert [line.split(",")[0] for line in lines] == ["SFD"] * 2 + ["PD"] * (2 * rounds)
+    assert "iteration 3/6," in lines[0] and "iteration 6/6," in lines[1]
+    assert f"iteration {4 * rounds}/{4 * rounds}," in lines[-1]
+    assert all(" ms an iteration over the last " in line and "delivering records" in line for line in lines)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,6 +39,50 @@ def log_interval(log_every: int | None, fast: bool) -> int:
     """How many updates a student's records are read from the device at a time: ``log_every`` if set, else
     :data:`FAST_LOG_EVERY` on the fast path and 1 (every update) on the eager path."""
     return log_every or (FAST_LOG_EVERY if fast else 1)
+
+
+PACE_EVERY_S = 60.0  # seconds between two pace lines of one training loop
+pace_log = logging.getLogger("bdense_core.distill")
+
+
+class Pace:
+    """Where a training loop's wall time goes, logged at INFO on ``bdense_core.distill`` at most every ``every``
+    seconds: iterations done, milliseconds an iteration over the window, and the share of it the host spent
+    waiting for the device (reading a block of records: the device is behind) and delivering records to the
+    callbacks (tracking, pruning). What is left is the host queueing work (drawing paths, launching steps). A
+    study's worker logs show these lines; a slow worker's lines tell a busy device from a starved host.
+
+    The loop calls :meth:`waiting` and :meth:`delivering` around those two phases and :meth:`done` after each
+    block of records; the first window includes compiling."""
+
+    def __init__(self, what: str, total: int, every: float | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.what, self.total, self.clock = what, total, clock
+        self.every = PACE_EVERY_S if every is None else every
+        self.mark = clock()
+        self.first = 0
+        self.wait = self.deliver = 0.0
+        self.lines: list[str] = []  # what was logged (the last few), for a caller that shows it elsewhere
+
+    def waiting(self, seconds: float) -> None:
+        self.wait += seconds
+
+    def delivering(self, seconds: float) -> None:
+        self.deliver += seconds
+
+    def done(self, iterations: int) -> str | None:
+        """``iterations`` done so far; logs (and returns) a line once ``every`` seconds have passed, or at the end."""
+        now = self.clock()
+        window = now - self.mark
+        n = iterations - self.first
+        if n <= 0 or (window < self.every and iterations < self.total):
+            return None
+        line = (f"{self.what}: iteration {iterations:,}/{self.total:,}, {1000 * window / n:.1f} ms an iteration over "
+                f"the last {window:.0f} s (host waiting for the device {100 * self.wait / window:.0f} %, "
+                f"delivering records {100 * self.deliver / window:.0f} %)")
+        pace_log.info(line)
+        self.lines = self.lines[-9:] + [line]
+        self.mark, self.first, self.wait, self.deliver = now, iterations, 0.0, 0.0
+        return line
 
 
 def diverged(value: float, step: int) -> DivergenceError:

@@ -71,7 +71,7 @@ from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher
-from .common import DistillResult, StepCallback, adam, check_finite, diverged, log_interval, make_student
+from .common import DistillResult, Pace, StepCallback, adam, check_finite, diverged, log_interval, make_student
 from .registry import Framework, register
 
 
@@ -277,12 +277,17 @@ def distill_pd(
         log = torch.zeros(log_every, config.branches + 1, device=device)
         history, steps_seen = [], 0
         images = data.images.to(device)
+        pace = Pace(f"PD, K={config.branches}, {config.rounds} rounds", config.rounds * config.iterations)
         start = time.perf_counter()
         step = 0
 
         def flush(rows: int, rnd: int, n_student: int) -> None:
             """Deliver the last ``rows`` updates' records (one wait for the device per block)."""
-            for j, row in enumerate(log[:rows].tolist()):
+            t0 = time.perf_counter()
+            block = log[:rows].tolist()
+            t1 = time.perf_counter()
+            pace.waiting(t1 - t0)
+            for j, row in enumerate(block):
                 n = step - rows + j + 1
                 if not all(map(math.isfinite, row)):
                     raise diverged(row[0], n)
@@ -292,6 +297,8 @@ def distill_pd(
                 history.append(rec)
                 if callback is not None:
                     callback(rec)
+            pace.delivering(time.perf_counter() - t1)
+            pace.done(step)
 
         for rnd in range(config.rounds):
             n_student = config.teacher_steps // 2 ** (rnd + 1)

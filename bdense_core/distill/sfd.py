@@ -53,7 +53,7 @@ from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher, noise_batches
-from .common import DistillResult, StepCallback, adam, diverged, log_interval, make_student
+from .common import DistillResult, Pace, StepCallback, adam, diverged, log_interval, make_student
 from .registry import Framework, per_config, register
 from .stack import StudentStack
 
@@ -578,8 +578,11 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
         def flush(block) -> None:
             """Check a block of records and deliver them (waits for the block's copy only)."""
             first, rows, host, done = block
+            t0 = time.perf_counter()
             if done is not None:
                 done.synchronize()
+            t1 = time.perf_counter()
+            pace.waiting(t1 - t0)
             data = host / n_trained
             for j in range(rows):
                 step = first + j + 1
@@ -600,6 +603,8 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                             callbacks[n](rec)
                         except Exception as e:  # noqa: BLE001 - this student stops, the others go on
                             stop(n, e)
+            pace.delivering(time.perf_counter() - t1)
+            pace.done(first + rows)
             if bar is not None:
                 bar.update(rows)
                 live = [h[-1]["loss"] for n, h in enumerate(histories) if active[n] and h]
@@ -607,6 +612,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                     bar.set_postfix(loss=f"{sum(live) / len(live):.3f}")
 
         results = [None] * n_students
+        pace = Pace(f"SFD, {n_students} student{'s' if n_students > 1 else ''} at NFE {ref.nfe}", ref.iterations)
         start = time.perf_counter()
         first = 0
         # Two record buffers: while the GPU fills one block, the host delivers the block before it (callbacks,
