@@ -10,6 +10,12 @@ spawned, each placed round-robin on ``config.devices``), shows their progress fr
 - on Ctrl-C, SIGTERM or SIGHUP, interrupts every worker (each fails its running trials cleanly and closes their
   runs KILLED) and waits for them; workers also end if the supervisor itself is killed (parent-death signal).
 Scale-out across machines is Optuna's: the same command on each machine, one storage, one MLflow server.
+
+Each worker writes its log under ``RUNS/logs/``: its device and share, then a timestamped pace line per training
+about every minute (``bdense_core.distill.Pace``: ms an iteration, the share of it the host waited for the
+device or delivered records), and any error. For a worker that is slower than it should be,
+``BDENSE_STACKS_EVERY=SECONDS`` adds the stack of every thread of the worker to its log every that many seconds
+(Python's ``faulthandler``): what the host is doing, sampled.
 """
 
 from __future__ import annotations
@@ -155,6 +161,29 @@ def _die_with_parent() -> None:
             pass
 
 
+def worker_log(log) -> None:
+    """Send this worker's diagnostics to its log ``log``: the training loops' pace lines (timestamped), and with
+    ``BDENSE_STACKS_EVERY=SECONDS`` every thread's stack every that many seconds."""
+    import faulthandler
+    import logging
+
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("bdense_core")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    every = os.environ.get("BDENSE_STACKS_EVERY", "")
+    if every:
+        try:
+            seconds = float(every)
+            if not seconds > 0:
+                raise ValueError
+        except ValueError:
+            print(f"BDENSE_STACKS_EVERY={every!r} ignored: give seconds > 0", flush=True)
+        else:
+            faulthandler.dump_traceback_later(seconds, repeat=True, file=log)
+
+
 def _worker_main(config, index: int, quota: int, log_path: str) -> None:
     """A worker process: its own stores, teacher and context; the same loop as :func:`run_here`."""
     _die_with_parent()
@@ -162,6 +191,7 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
+    worker_log(log)
     from study.run import Interrupted, SIGNAL_EXIT, _quiet, open_tracker, prepare_teacher, signals_as_interrupt
 
     _quiet()

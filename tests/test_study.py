@@ -46,8 +46,9 @@ def _env(runs: Path, cache: Path) -> dict:
     return env
 
 
-def run_cli(args: list[str], runs: Path, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(RUN + args, cwd=REPO, env=_env(runs, cache), capture_output=True, text=True, timeout=timeout)
+def run_cli(args: list[str], runs: Path, cache: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(RUN + args, cwd=REPO, env={**_env(runs, cache), **env}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def load(runs: Path, name: str) -> optuna.Study:
@@ -197,7 +198,8 @@ def test_mlflow_ui_serves_the_study(first_study):
 # -- workers -------------------------------------------------------------------------------------------------
 def test_two_workers_share_one_journal_storage(tmp_path, cache_dir):
     runs = tmp_path / "runs"
-    proc = run_cli([*FAST, "--n-trials", "4", "--workers", "2", "--study-name", "pair"], runs, cache_dir)
+    proc = run_cli([*FAST, "--n-trials", "4", "--workers", "2", "--study-name", "pair"], runs, cache_dir,
+                   BDENSE_STACKS_EVERY="1")
     _check(proc)
     study = load(runs, "pair")
     trials = study.get_trials()
@@ -209,6 +211,12 @@ def test_two_workers_share_one_journal_storage(tmp_path, cache_dir):
     children = runs_of(mlflow_client(runs), study, "trial")
     assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3]
     assert proc.stdout.count("[trial ") == 4
+    # each worker's log: its pace line per training (timestamped, at its end at least) and the sampled stacks
+    logs = [p.read_text() for p in sorted((runs / "logs").glob("pair-worker*.log"))]
+    assert len(logs) == 2
+    assert sum(text.count(" ms an iteration over the last ") for text in logs) >= 4
+    assert re.search(r"^\d\d:\d\d:\d\d SFD, 1 student at NFE \d: iteration (\d+)/\1, ", logs[0], re.M)
+    assert all("(most recent call first)" in text and "_worker_main" in text for text in logs)
 
 
 def _wait_for_running_trial(runs: Path, name: str, proc: subprocess.Popen, timeout: float = 400):
