@@ -414,3 +414,41 @@ def test_pack_sh_snapshots_a_run_folder_that_studies_are_writing(tmp_path):
     assert [t.params for t in restored.trials] == [t.params for t in study.trials]
     with sqlite3.connect(back / "mlflow.db") as db:
         assert db.execute("select id from runs order by id").fetchall() == [("a",), ("b",)]
+
+
+def test_monitor_sh_samples_gpus_cpu_and_processes_until_stopped(tmp_path):
+    """scripts/gpu/monitor.sh: a header (CPUs, quota, GPUs), then one sample every SECONDS with the load, each
+    GPU's line from nvidia-smi, memory and the busiest processes; a busy process here shows at the top."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # stands in for the GPU machine's nvidia-smi: one line per query, as `--format=csv,noheader` prints them
+    (fake / "nvidia-smi").write_text(
+        "#!/usr/bin/env bash\n"
+        "case \"$*\" in *compute-apps*) echo '00000000:19:00.0, 4242, 33000 MiB';;\n"
+        "  *utilization*) echo '0, 97 %, 41000 MiB, 350.1 W, 1980 MHz';;\n"
+        "  *) echo '0, NVIDIA H100 80GB HBM3, 00000000:19:00.0, 1980 MHz, 700.00 W';; esac\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    mon = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu" / "monitor.sh"), str(tmp_path / "mon"), "1"], env=env)
+    try:
+        time.sleep(7)
+    finally:
+        mon.terminate()
+        busy.kill()
+        mon.wait(10)
+        busy.wait(10)
+    log = (tmp_path / "mon" / "monitor.log").read_text()
+    assert log.startswith("== ") and f"cpus: nproc {os.cpu_count()}" in log
+    assert "0, NVIDIA H100 80GB HBM3, 00000000:19:00.0" in log
+    samples = re.findall(r"^== \d\d:\d\d:\d\d load [\d.]+ [\d.]+ [\d.]+ \d+/\d+$", log, re.M)
+    assert len(samples) >= 2
+    assert log.count("0, 97 %, 41000 MiB, 350.1 W, 1980 MHz") == len(samples)
+    assert log.count("00000000:19:00.0, 4242, 33000 MiB") == len(samples)
+    first = log.split(samples[0])[1].split("== ")[0]
+    assert re.search(rf"^\s*{busy.pid} .*python\S* -c while True: pass", first, re.M)  # the busiest process
