@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The campaign's next GPU session (one 4-GPU machine), after `source scripts/gpu/stage.sh`. Planned, not run yet.
+# What session 8 ran (4x H100, MINUTES=24, all of it): bench_core beside the NFE-3 workers, which trained at about
+# 11 s an iteration and were stopped before iteration 60 of 1,563; see the campaign README. The next chain is call-8.sh.
+# The campaign's GPU session as session 7 planned it (one 4-GPU machine), after `source scripts/gpu/stage.sh`.
 # Session 7 ran call-6.sh, this chain's first form, and lost it twice: (1) the machine went back 30 s after a wait
 # call returned, because the next call came later than that; (2) `status` said 1,800 s were left after that loss
 # while 945 s were, so the second machine ran out before the NFE-3 trials ended (they train about 5.5 minutes after
