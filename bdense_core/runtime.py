@@ -1,4 +1,4 @@
-"""Small runtime helpers shared by the core: device choice, cache folder, seeded generators, stable hashes."""
+"""Small runtime helpers shared by the core: device choice, CPU threads, cache folder, seeded generators, stable hashes."""
 
 from __future__ import annotations
 
@@ -28,6 +28,38 @@ def device_label(device: torch.device | str) -> str:
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return dev.type
+
+
+THREADS_ENV = "BDENSE_NUM_THREADS"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset narrows), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads() -> int:
+    """Apply ``$BDENSE_NUM_THREADS`` (torch's intra-op CPU threads in this process) where it is set; returns the
+    number in use.
+
+    Left alone, every process uses every core, and processes that share a host (study workers, a benchmark beside
+    them) each run an OpenMP pool of all cores: their CPU work contends for every core, and the threads that
+    queue GPU work wait. ``study/run.py --workers N`` gives each worker its share, cores // N, unless this is set.
+    Raises ValueError naming the fix for a value that is not a whole number >= 1."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{THREADS_ENV}={value!r}: give a whole number of CPU threads, 1 or more")
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def cache_dir(kind: str, root: str | os.PathLike | None = None) -> Path:

@@ -63,7 +63,7 @@ from bdense_core.fast import use_fast  # noqa: E402
 from bdense_core.fid import InceptionFeatures, cleanfid_features  # noqa: E402
 from bdense_core.networks import head_overhead  # noqa: E402
 from bdense_core.presets import get_preset  # noqa: E402
-from bdense_core.runtime import best_device  # noqa: E402
+from bdense_core.runtime import best_device, cpu_threads  # noqa: E402
 from bdense_core.teacher import Teacher, build_denoiser, load_teacher  # noqa: E402
 
 
@@ -252,6 +252,11 @@ def main(argv=None) -> int:
                    help="profile the SFD training step (K=4, fast path on CUDA) and print its N costliest operators")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
     args = p.parse_args(argv)
+    try:
+        threads = cpu_threads()
+    except ValueError as e:
+        print(f"bench_core.py: error: {e}", file=sys.stderr)
+        return 2
     device = best_device(args.device)
     gpu = device.type == "cuda"
     quick = args.quick or not gpu
@@ -272,7 +277,9 @@ def main(argv=None) -> int:
     out: dict = {"machine": machine(device), "preset": preset.name, "teacher": teacher.key}
     clock = {}
     t_section = time.perf_counter()
-    print(f"bdense-study core benchmark on {out['machine']}, preset {preset.name} (teacher {teacher.key})", flush=True)
+    out["cpu_threads"] = threads
+    print(f"bdense-study core benchmark on {out['machine']}, preset {preset.name} (teacher {teacher.key}), "
+          f"{threads} CPU threads", flush=True)
 
     def row(r: tuple[str, str]) -> None:
         """Every figure is printed as soon as it is measured (a run cut short keeps what it has): the aligned

@@ -52,8 +52,10 @@ def one(device: str, iterations: int, preset_name: str, substeps: int | None, st
     import torch
 
     from bdense_core.distill import build_trajectory_bank
+    from bdense_core.runtime import cpu_threads
     from bench_core import load_bench_teacher, step_time
 
+    cpu_threads()  # BDENSE_NUM_THREADS, if set: each process's share of the host
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

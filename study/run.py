@@ -314,12 +314,17 @@ def interrupted_line(config: StudyConfig, reporter) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bdense_core.runtime import cpu_threads
     from study.cli import parse_config
 
     with signals_as_interrupt():
         try:
             config = parse_config(argv)
+            cpu_threads()
         except UsageError as e:
+            _err(str(e))
+            return 2
+        except ValueError as e:  # BDENSE_NUM_THREADS
             _err(str(e))
             return 2
         except Interrupted as e:

@@ -14,8 +14,8 @@ Scale-out across machines is Optuna's: the same command on each machine, one sto
 Each worker writes its log under ``RUNS/logs/``: its device and share, then a timestamped pace line per training
 about every minute (``bdense_core.distill.Pace``: ms an iteration, the share of it the host waited for the
 device or delivered records), and any error. For a worker that is slower than it should be,
-``BDENSE_STACKS_EVERY=SECONDS`` adds the stack of every thread of the worker to its log every that many seconds
-(Python's ``faulthandler``): what the host is doing, sampled.
+``BDENSE_STACKS_EVERY=SECONDS`` adds the stack of every thread of the worker to its log every that many seconds:
+what the host is doing, sampled.
 """
 
 from __future__ import annotations
@@ -163,8 +163,7 @@ def _die_with_parent() -> None:
 
 def worker_log(log) -> None:
     """Send this worker's diagnostics to its log ``log``: the training loops' pace lines (timestamped), and with
-    ``BDENSE_STACKS_EVERY=SECONDS`` every thread's stack every that many seconds."""
-    import faulthandler
+    ``BDENSE_STACKS_EVERY=SECONDS`` every thread's stack every that many seconds (:func:`sample_stacks`)."""
     import logging
 
     handler = logging.StreamHandler(log)
@@ -181,7 +180,33 @@ def worker_log(log) -> None:
         except ValueError:
             print(f"BDENSE_STACKS_EVERY={every!r} ignored: give seconds > 0", flush=True)
         else:
-            faulthandler.dump_traceback_later(seconds, repeat=True, file=log)
+            sample_stacks(log, seconds)
+
+
+def sample_stacks(log, every: float):
+    """A daemon thread that writes the stack of every other thread of this process to ``log`` every ``every``
+    seconds, headed by the time. It reads them with ``sys._current_frames()`` while it holds the GIL
+    (``faulthandler.dump_traceback_later`` reads them without it, and crashed workers with SIGSEGV here), so a
+    sample comes late while a thread keeps the GIL: a gap between two headers says so."""
+    import threading
+    import traceback
+
+    def run() -> None:
+        me = threading.get_ident()
+        while True:
+            time.sleep(every)
+            names = {t.ident: t.name for t in threading.enumerate()}
+            parts = [f"{time.strftime('%H:%M:%S')} stacks of pid {os.getpid()}:\n"]
+            for ident, frame in sys._current_frames().items():
+                if ident != me:
+                    parts.append(f"thread {names.get(ident, ident)} (most recent call last):\n")
+                    parts.extend(traceback.format_stack(frame))
+            log.write("".join(parts))
+            log.flush()
+
+    thread = threading.Thread(target=run, name="bdense-stacks", daemon=True)
+    thread.start()
+    return thread
 
 
 def _worker_main(config, index: int, quota: int, log_path: str) -> None:
@@ -197,7 +222,7 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
     _quiet()
     with signals_as_interrupt():
         try:
-            from bdense_core.runtime import best_device
+            from bdense_core.runtime import best_device, cpu_threads
 
             from .storage import open_study_storage
 
@@ -213,7 +238,9 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
             teacher = prepare_teacher(config, best_device(config.device), announce=False)
             stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, teacher=teacher,
                           parent_run_id=study.user_attrs[c.STUDY_MLFLOW_PARENT_RUN_ID])
-            print(f"worker {index} (pid {os.getpid()}) on {config.device}: {quota} trial(s)", flush=True)
+            threads = cpu_threads()
+            print(f"worker {index} (pid {os.getpid()}) on {config.device}, {threads} CPU thread"
+                  f"{'s' if threads > 1 else ''}: {quota} trial(s)", flush=True)
             code, _ = run_here(config, study, quota, stores, None)
         except Interrupted as e:
             code = SIGNAL_EXIT.get(e.signum, 130)
@@ -266,8 +293,10 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot, quota: int) -> None:
         cfg = replace(self.config, devices=(slot.device,), workers=1)
-        if slot.device == "cpu":
-            os.environ.setdefault("BDENSE_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.config.workers)))
+        # each worker's share of the cores it may run on, for its CPU work (bdense_core.runtime.cpu_threads)
+        from bdense_core.runtime import THREADS_ENV, usable_cores
+
+        os.environ.setdefault(THREADS_ENV, str(max(1, usable_cores() // self.config.workers)))
         slot.log_path = self.log_dir / f"{cfg.study_name}-worker{slot.index}-{len(slot.pids)}.log"
         slot.proc = self.ctx.Process(target=_worker_main, args=(cfg, slot.index, quota, str(slot.log_path)),
                                      name=f"bdense-worker-{slot.index}")

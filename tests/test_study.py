@@ -214,9 +214,13 @@ def test_two_workers_share_one_journal_storage(tmp_path, cache_dir):
     # each worker's log: its pace line per training (timestamped, at its end at least) and the sampled stacks
     logs = [p.read_text() for p in sorted((runs / "logs").glob("pair-worker*.log"))]
     assert len(logs) == 2
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # each worker's share of the cores for its CPU work
+    assert all(re.search(rf"^worker \d \(pid \d+\) on cpu, {share} CPU threads?: 2 trial\(s\)$", t, re.M) for t in logs)
     assert sum(text.count(" ms an iteration over the last ") for text in logs) >= 4
     assert re.search(r"^\d\d:\d\d:\d\d SFD, 1 student at NFE \d: iteration (\d+)/\1, ", logs[0], re.M)
-    assert all("(most recent call first)" in text and "_worker_main" in text for text in logs)
+    for text in logs:  # sampled stacks: the main thread's goes down from the worker's entry point
+        assert re.search(r"^\d\d:\d\d:\d\d stacks of pid \d+:\nthread MainThread \(most recent call last\):\n", text, re.M)
+        assert "in _worker_main" in text
 
 
 def _wait_for_running_trial(runs: Path, name: str, proc: subprocess.Popen, timeout: float = 400):
@@ -304,10 +308,12 @@ def test_bad_input_gets_one_line_and_status_2(tmp_path, cache_dir):
         "unsupported scheme": ["--preset", "tiny", "--storage", "bogus://host/db"],
         "a-range min > max": ["--preset", "tiny", "--a-range", "2", "1"],
         "K choice < 1": ["--preset", "tiny", "--k", "0", "2"],
+        "BDENSE_NUM_THREADS=two": ["--preset", "tiny"],
     }
     env = _env(tmp_path / "runs", cache_dir)
-    procs = {name: subprocess.Popen(RUN + argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True) for name, argv in cases.items()}
+    procs = {name: subprocess.Popen(RUN + argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**env, **dict([name.split("=")] if "=" in name else [])})
+             for name, argv in cases.items()}
     for name, p in procs.items():
         out, err = p.communicate(timeout=120)
         assert p.returncode == 2, (name, err)
