@@ -3,7 +3,10 @@
 # Session 8 ran call-7.sh: its NFE-3 workers trained at about 11 s an iteration (bench_core, in one process on the
 # fourth GPU at the same time, timed that step at 51 ms; session 7's workers, without bench_core beside them, 213 ms)
 # and the deadline stopped them before iteration 60 of 1,563. Nothing said why: the worker logs held one line each.
-# So this chain runs no benchmark beside the campaign, and it records why a lane is slow:
+# One suspect was found here afterwards: BDENSE_NUM_THREADS (exported as 2 by study.sh) had been read by nothing
+# since the study/ rewrite, so every process ran torch's CPU threads on all cores; it is read again now, and every
+# worker's log names its thread count. This chain runs no benchmark beside the campaign, and it records why a lane
+# is slow:
 #   - every worker logs a timestamped pace line about once a minute (ms an iteration; the shares the host waited for
 #     the device and delivered records) and, with BDENSE_STACKS_EVERY=60, every thread's stack once a minute;
 #   - TORCH_LOGS=recompiles,cudagraphs,perf_hints puts recompilations and CUDA-graph recordings in the same logs;
