@@ -226,6 +226,8 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
 
             from .storage import open_study_storage
 
+            threads = cpu_threads()  # before its CPU work: banks and the teacher load, the study opens
+
             storage, heartbeat = open_study_storage(config.storage_url, config.study_name, say=lambda _: None)
             import optuna
 
@@ -238,7 +240,6 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
             teacher = prepare_teacher(config, best_device(config.device), announce=False)
             stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, teacher=teacher,
                           parent_run_id=study.user_attrs[c.STUDY_MLFLOW_PARENT_RUN_ID])
-            threads = cpu_threads()
             print(f"worker {index} (pid {os.getpid()}) on {config.device}, {threads} CPU thread"
                   f"{'s' if threads > 1 else ''}: {quota} trial(s)", flush=True)
             code, _ = run_here(config, study, quota, stores, None)
