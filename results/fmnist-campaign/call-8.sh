@@ -51,7 +51,8 @@ D=/tmp/bd/out
 END=$(( $(date +%s) + ${MINUTES:-24} * 60 ))
 left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }  # whole minutes to the deadline
 mkdir -p $D/pdx $D/pds $D/nfe3 $D/final
-# torch refuses to import under a TORCH_LOGS name it does not know: keep these only where this torch has them all
+# torch refuses to import under a TORCH_LOGS name it does not know (or an empty TORCH_LOGS): set it only where this
+# torch has every name
 TL=recompiles,cudagraphs,perf_hints
 TORCH_LOGS=$TL python -c "import torch" 2> /dev/null || { echo "call-8.sh: TORCH_LOGS=$TL unknown here; left out"; TL=; }
 OUT=$D/restore bash scripts/gpu/study.sh 1 > /dev/null 2>&1  # restores the run folder once, before the lanes
@@ -59,7 +60,7 @@ OUT=$D/restore bash scripts/gpu/study.sh 1 > /dev/null 2>&1  # restores the run 
   OUT=$D/pdx bash scripts/gpu/study.sh "$(left)" -- $PD --distance x --devices cuda:3
 ) &
 (
-  BDENSE_STACKS_EVERY=60 TORCH_LOGS=$TL OUT=$D/nfe3 bash scripts/gpu/study.sh "$(left)" \
+  env ${TL:+TORCH_LOGS=$TL} BDENSE_STACKS_EVERY=60 OUT=$D/nfe3 bash scripts/gpu/study.sh "$(left)" \
     -- $O --n-trials 0 --ablation nfe --ablation-length full --ablation-nfe 3 --workers 3 --devices cuda:0,cuda:1,cuda:2
   if [ "$(left)" -ge 6 ]; then
     OUT=$D/pds bash scripts/gpu/study.sh "$(left)" -- $PD --distance state --devices cuda:2 &
