@@ -9,7 +9,8 @@
 # is slow:
 #   - every worker logs a timestamped pace line about once a minute (ms an iteration; the shares the host waited for
 #     the device and delivered records) and, with BDENSE_STACKS_EVERY=60, every thread's stack once a minute;
-#   - TORCH_LOGS=recompiles,cudagraphs,perf_hints puts recompilations and CUDA-graph recordings in the same logs;
+#   - TORCH_LOGS=recompiles,cudagraphs,perf_hints (where this torch knows the names) puts recompilations and
+#     CUDA-graph recordings in the same logs;
 #   - scripts/gpu/monitor.sh samples GPU utilisation, CPU quota and throttling and the busiest processes and
 #     threads every 20 s from the first call on.
 # Read the budget from a run's reply (`lease.budget_left_s`), not from status, and send each wait call at once, with
