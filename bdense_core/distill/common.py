@@ -61,7 +61,6 @@ class Pace:
         self.mark = clock()
         self.first = 0
         self.wait = self.deliver = 0.0
-        self.lines: list[str] = []  # what was logged (the last few), for a caller that shows it elsewhere
 
     def waiting(self, seconds: float) -> None:
         self.wait += seconds
@@ -80,7 +79,6 @@ class Pace:
                 f"the last {window:.0f} s (host waiting for the device {100 * self.wait / window:.0f} %, "
                 f"delivering records {100 * self.deliver / window:.0f} %)")
         pace_log.info(line)
-        self.lines = self.lines[-9:] + [line]
         self.mark, self.first, self.wait, self.deliver = now, iterations, 0.0, 0.0
         return line
 
