@@ -452,3 +452,20 @@ def test_monitor_sh_samples_gpus_cpu_and_processes_until_stopped(tmp_path):
     assert log.count("00000000:19:00.0, 4242, 33000 MiB") == len(samples)
     first = log.split(samples[0])[1].split("== ")[0]
     assert re.search(rf"^\s*{busy.pid} .*python\S* -c while True: pass", first, re.M)  # the busiest process
+
+
+def test_bench_tracking_times_writers_logging_into_one_sqlite_store_with_backups(tmp_path, capsys):
+    """Two writer processes log the campaign's record blocks into one new MLflow SQLite store while it is backed up;
+    each writer's line gives its record count, mean and worst time a record; bad options: one line, exit 2."""
+    bench = _load("bench_tracking", ROOT / "benchmarks")
+    assert bench.main(["--writers", "2", "--seconds", "2", "--backup-every", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.match(r"2 writers, 2 s each, [1-9]\d* backups of the store \(a new store\):", out)
+    rows = re.findall(r"^  K=(\d): ([\d,]+) records, mean ([\d.]+) ms, worst (\d+) ms a record$", out, re.M)
+    assert [k for k, *_ in rows] == ["1", "4"]
+    for _, n, mean, worst in rows:
+        assert int(n.replace(",", "")) >= 2 * bench.BLOCK  # a block a second for 2 s
+        assert 0 < float(mean) <= float(worst) + 1
+    assert bench.main(["--store", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bench_tracking.py: error: no store at")
