@@ -305,9 +305,8 @@ def cached_trajectory_bank(
 # A bank larger than this stays in (pinned) host memory and its batches are copied to the GPU as they are drawn:
 # the banks of SFD's full budget (200,064 paths of 32x32, fp16, K in {1, 2, 3, 4, 6, 8} at S = 24) take 9.5 GiB at
 # NFE 2, 14.1 at NFE 3, 18.7 at NFE 4 and 23.3 at NFE 5 (so from NFE 3 on they stay on the host), and a trial of
-# three seeds holds three. A fixed size, not the
-# free memory, decides, so a seed draws the same rows on every machine (a bank's rows are permuted by a generator
-# on the bank's device).
+# three seeds holds three. A fixed size, not the free memory, decides, so a seed draws the same rows on every
+# machine (a bank's rows are permuted by a generator on the bank's device).
 BANK_GPU_BYTES = 12 * 2**30
 
 
