@@ -237,7 +237,12 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
                                       pruner=make_pruner(config))
             tracker = open_tracker(config)
             tracker.use_experiment(config.study_name)
-            teacher = prepare_teacher(config, best_device(config.device), announce=False)
+            device = best_device(config.device)
+            if device.type == "cuda" and device.index is not None:
+                import torch
+
+                torch.cuda.set_device(device)  # else pinning host memory opens a second context on cuda:0
+            teacher = prepare_teacher(config, device, announce=False)
             stores = dict(storage=storage, heartbeat=heartbeat, tracker=tracker, teacher=teacher,
                           parent_run_id=study.user_attrs[c.STUDY_MLFLOW_PARENT_RUN_ID])
             print(f"worker {index} (pid {os.getpid()}) on {config.device}, {threads} CPU thread"

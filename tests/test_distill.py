@@ -12,7 +12,7 @@ from bdense_core.distill import (
     make_student, needed_points,
 )
 from bdense_core.distill.progressive import branch_losses, pd_endpoint_error
-from bdense_core.distill.sfd import teacher_trajectories
+from bdense_core.distill.sfd import TrajectoryBank, teacher_trajectories
 from bdense_core.presets import PRESETS, get_preset
 from bdense_core.schedule import BranchWeights
 from bdense_core.teacher import Teacher, TeacherConfig, draw_noise, load_teacher, save_teacher, train_teacher
@@ -161,7 +161,7 @@ def test_large_banks_live_in_host_memory_by_a_fixed_size_rule():
 def test_draws_from_a_host_bank_equal_indexing_it_and_keep_what_they_returned(teacher):
     """PathDraws gathers a host-memory bank's rows into two reused buffers: every batch equals the bank indexed
     at the stream's rows (passes crossed, two seeds), and a batch already handed out is not overwritten."""
-    from bdense_core.distill.sfd import PathDraws, PathStream, TrajectoryBank
+    from bdense_core.distill.sfd import PathDraws, PathStream
 
     cfg = TINY.config("sfd")
     states = torch.randn(20, 3, 1, 4, 4).half()  # 20 paths of 3 points: a batch of 8 crosses a pass every 2.5 draws
@@ -177,6 +177,34 @@ def test_draws_from_a_host_bank_equal_indexing_it_and_keep_what_they_returned(te
     for g, w in zip(got, want):  # compared after all six draws: the reused buffers left earlier batches alone
         assert g.shape == (2, 8, 3, 1, 4, 4) and g.dtype == torch.float16
         assert torch.equal(g, w)
+
+
+def test_a_group_trains_alike_from_its_banks_subset_and_streams_keep_their_rows(teacher):
+    """A host bank's GPU copy holds only the columns its group needs (bank_subset at group_points): students of
+    K = 1 and K = 4 with two seeds' banks train exactly as from the whole banks, and a stream moved to the
+    subset (serve_from) draws the rows it would have drawn from the whole bank, across passes."""
+    from bdense_core.distill.sfd import PathStream, bank_subset, group_points, train_sfd_many
+
+    cfg = replace(TINY.config("sfd"), iterations=3)
+    k = (1, 2, 4)
+    banks = [build_trajectory_bank(teacher, 8, cfg, seed=s, batch_size=4, k_choices=k) for s in (3, 4)]
+    configs = [replace(cfg, branches=1, seed=3), replace(cfg, branches=2, seed=4)]
+    pts = group_points(configs)
+    assert pts == (0, 6, 8, 10, 12) and len(pts) < len(banks[0].points)  # K = 4's sub-step targets left out
+    subs = [bank_subset(b, pts, torch.device("cpu"), chunk_bytes=1) for b in banks]  # one row a chunk
+    assert subs[0].points == pts and torch.equal(subs[0].states, banks[0].states[:, banks[0].columns(list(pts))])
+    whole, part = train_sfd_many(teacher, configs, banks), train_sfd_many(teacher, configs, subs)
+    for a, b in zip(whole, part):
+        assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    with pytest.raises(ValueError, match="no teacher state at grid point 5"):
+        distill(teacher, replace(cfg, branches=4, seed=3), bank=subs[0])
+    moved, kept = PathStream(9, banks[0], teacher.device), PathStream(9, banks[0], teacher.device)
+    got = [moved.rows(5)]
+    moved.serve_from(subs[0])
+    got += [moved.rows(5) for _ in range(4)]  # 25 rows of a bank of 8: three passes crossed
+    assert torch.equal(torch.cat(got), torch.cat([kept.rows(5) for _ in range(5)]))
+    with pytest.raises(ValueError, match="same rows"):
+        moved.serve_from(TrajectoryBank(subs[0].states[:4], subs[0].grid, pts))
 
 
 def test_progressive_distillation_lowers_error_against_teacher(teacher):

@@ -322,6 +322,29 @@ def test_a_bank_in_host_memory_trains_a_student_on_the_gpu(gpu_teacher, tmp_path
 
 @pytest.mark.gpu
 @needs_cuda
+def test_a_host_bank_is_drawn_from_its_gpu_subset_with_the_host_paths_rows(gpu_teacher, monkeypatch, caplog):
+    """A group training from a host bank gets a GPU copy of only its columns; its students draw the very rows
+    of the host path (the permutations stay on the host generator), so they train as from the host draws."""
+    import logging
+
+    from bdense_core.distill import sfd
+
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, iterations=GPU_STEPS, log_every=1)
+    bank = sfd.place_bank(build_trajectory_bank(gpu_teacher, 5 * cfg.batch_size // 2, cfg, seed=0,
+                                                k_choices=(1, 2, 4)), torch.device("cpu"))
+    configs = [replace(cfg, branches=2, seed=0), replace(cfg, branches=1, seed=1)]
+    with caplog.at_level(logging.INFO, logger="bdense_core.distill"):
+        subset = train_sfd_many(gpu_teacher, configs, [bank, bank])
+    assert any("paths from GPU subset (1 host bank(s): 5 of 9 points" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(sfd, "SUBSET_GPU_SPARE", None)
+    host = train_sfd_many(gpu_teacher, configs, [bank, bank])
+    for a, b in zip(subset, host):
+        la, lb = [r["loss"] for r in a.history], [r["loss"] for r in b.history]
+        assert la == pytest.approx(lb, rel=1e-3), (la, lb)
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_an_fp32_teacher_bank_follows_the_eager_teacher_closer_than_bf16(gpu_teacher):
     cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, branches=4)
     eager = build_trajectory_bank(gpu_teacher, 1000, replace(cfg, fast=False, amp=False), seed=0).states  # fp32

@@ -27,6 +27,9 @@ Training runs N students at once (:func:`train_sfd_many`; one student is N = 1):
   records are then delivered to the callbacks in a burst and checked for NaN/inf there (DivergenceError for
   that student, whose slot stops training). A pruner thus sees a student's records up to ``log_every - 1``
   iterations late; the records themselves are the same whatever ``log_every`` is.
+- **Large banks.** A bank above :data:`BANK_GPU_BYTES` lives in pinned host memory; a group training from it
+  gets a GPU copy of only the columns its branch counts need (:func:`banks_for_device`), the same rows in the
+  same order, and draws on the host only when that copy does not fit.
 - **Fast path** (CUDA, ``SFDConfig.fast``, default on): the interval step (student forward, jumps, losses) is
   compiled with CUDA graphs under bf16 autocast, the optimiser is fused Adam, and the compiled engine is
   cached per process by (architecture, N, head, batch): a new trial copies the teacher's weights into its
@@ -53,7 +56,7 @@ from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
 from ..teacher import Teacher, noise_batches
-from .common import DistillResult, Pace, StepCallback, adam, diverged, log_interval, make_student
+from .common import DistillResult, Pace, StepCallback, adam, diverged, log_interval, make_student, pace_log
 from .registry import Framework, per_config, register
 from .stack import StudentStack
 
@@ -176,12 +179,22 @@ class PathStream:
         self._perm: torch.Tensor | None = None
         self._pos = 0
 
+    def serve_from(self, bank: TrajectoryBank) -> None:
+        """Draw from ``bank`` from now on: the same rows as the bank this stream was made for (fewer columns,
+        perhaps on another device). The permutations still come from the seed's generator on the first bank's
+        device, so the rows drawn do not depend on where the states are; each pass's permutation is moved to
+        the new bank's device once."""
+        if len(bank) != len(self.bank):
+            raise ValueError("a stream can only move to a bank with the same rows")
+        self.bank = bank
+
     def rows(self, n: int) -> torch.Tensor:
         """The next ``n`` bank rows (indices on the bank's device)."""
         parts = []
         while n > 0:
             if self._perm is None or self._pos == len(self._perm):
-                self._perm = torch.randperm(len(self.bank), generator=self.g, device=self.g.device)
+                perm = torch.randperm(len(self.bank), generator=self.g, device=self.g.device)
+                self._perm = perm.to(self.bank.states.device)
                 self._pos = 0
             take = min(n, len(self._perm) - self._pos)
             parts.append(self._perm[self._pos:self._pos + take])
@@ -325,6 +338,57 @@ def place_bank(bank: TrajectoryBank, device: torch.device) -> TrajectoryBank:
         except RuntimeError:  # pinned memory refused: pageable copies work too, only slower
             pass
     return TrajectoryBank(states, bank.grid, bank.points)
+
+
+# What a group of students trains on from a host bank is copied to the GPU when it fits with this much to spare:
+# only the bank's columns the group's branch counts need (K = 6 at NFE 3 needs 19 of the 37 points of a study's
+# bank), so the draws are indexed on the GPU as from a small bank. Rows and values are those of the host path
+# (the permutations stay on the host bank's generator); set to None to keep every draw on the host.
+SUBSET_GPU_SPARE = 6 * 2**30
+
+
+def bank_subset(bank: TrajectoryBank, points: tuple[int, ...], device: torch.device,
+                chunk_bytes: int = 2**30) -> TrajectoryBank:
+    """The columns of ``bank`` at grid ``points`` (which must include 0), as a bank on ``device``: its rows are
+    copied in contiguous chunks of about ``chunk_bytes`` (a pinned bank's chunks go over by DMA) and the
+    columns are picked there."""
+    cols = bank.columns(list(points))
+    n = len(bank)
+    out = torch.empty((n, len(cols), *bank.states.shape[2:]), dtype=bank.states.dtype, device=device)
+    per_row = bank.states[:1].numel() * bank.states.element_size()
+    step = max(1, chunk_bytes // per_row)
+    idx = torch.tensor(cols, device=device)
+    for r in range(0, n, step):
+        part = bank.states[r:r + step].to(device, non_blocking=False)
+        torch.index_select(part, 1, idx, out=out[r:r + step])
+    return TrajectoryBank(out, bank.grid, tuple(points))
+
+
+def group_points(configs) -> tuple[int, ...]:
+    """The grid points a group of students trains on (0, x_T, included)."""
+    pts = {0}
+    for cfg in configs:
+        for i in cfg.trained_intervals():
+            pts.update(cfg.branch_indices(i))
+    return tuple(sorted(pts))
+
+
+def banks_for_device(configs, banks, device: torch.device) -> tuple[list, str]:
+    """The banks a group trains from on ``device``: host banks replaced by GPU copies of the columns the group
+    needs when all of them fit with :data:`SUBSET_GPU_SPARE` to spare; else unchanged. Also says which."""
+    host = {id(b): b for b in banks if b is not None and b.states.device.type == "cpu"}
+    if not host or device.type != "cuda" or SUBSET_GPU_SPARE is None:
+        return list(banks), "host" if host else "device"
+    points = group_points(configs)
+    b0 = next(iter(host.values()))
+    nbytes = sum(len(b) * len(points) * b.states[:1, :1].numel() * b.states.element_size() for b in host.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes + SUBSET_GPU_SPARE > free:
+        return list(banks), (f"host ({len(host)} bank(s): their {len(points)} of {len(b0.points)} points need "
+                             f"{nbytes / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free)")
+    sub = {k: bank_subset(b, points, device) for k, b in host.items()}
+    return ([sub.get(id(b), b) if b is not None else None for b in banks],
+            f"GPU subset ({len(host)} host bank(s): {len(points)} of {len(b0.points)} points, {nbytes / 2**30:.1f} GiB)")
 
 
 def _load_bank(path, device: torch.device) -> TrajectoryBank | None:
@@ -535,6 +599,15 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
             streams[key] = PathStream(cfg.seed, bank, device)
         stream_of.append(list(streams).index(key))
     stream_list = list(streams.values())
+    placed, where = banks_for_device(configs, banks, device)
+    if placed != banks:
+        moved = {id(b): p for b, p in zip(banks, placed)}
+        for st in stream_list:
+            st.serve_from(moved[id(st.bank)])
+        banks = placed
+    if banks[0] is not None and device.type == "cuda":
+        pace_log.info("SFD, %d student%s at NFE %d: paths from %s", n_students, "s" if n_students > 1 else "",
+                      ref.nfe, where)
     u_of_n = torch.tensor(stream_of, device=device)
     cols, taus, weights, end = _student_tables(configs, banks, head, grid, device)
     draw = PathDraws(stream_list, teacher, ref, batch, fast)
@@ -670,8 +743,9 @@ class PathDraws:
     """Each call: one batch of teacher paths per stream, ``[U, B, P, C, H, W]`` on the teacher's device (bank rows,
     or the teacher's fresh solve).
 
-    A bank on the GPU is indexed there. A bank in host memory (above :data:`BANK_GPU_BYTES`) is gathered on the
-    host into one of two pinned buffers and copied over without waiting: a copy from pageable memory would make
+    A bank on the GPU is indexed there (so is a host bank's GPU subset: :func:`banks_for_device`). A bank in host
+    memory (above :data:`BANK_GPU_BYTES`) whose subset does not fit is gathered on the host into one of two pinned
+    buffers and copied over without waiting: a copy from pageable memory would make
     the host wait for every queued step first, so the compiled steps could no longer run ahead of it (bench_core
     measured such a bank x2.99 slower than one on the GPU, session 7). A buffer is written again only after its
     copy of two draws before has finished. Rows and values are those of indexing the bank directly.
