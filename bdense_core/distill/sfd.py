@@ -600,7 +600,7 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
         stream_of.append(list(streams).index(key))
     stream_list = list(streams.values())
     placed, where = banks_for_device(configs, banks, device)
-    if placed != banks:
+    if any(p is not b for p, b in zip(placed, banks)):
         moved = {id(b): p for b, p in zip(banks, placed)}
         for st in stream_list:
             st.serve_from(moved[id(st.bank)])
