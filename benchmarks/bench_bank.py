@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:  # "cuda": the current device, named by its index below
+        device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
     if device.type != "cuda" or not torch.cuda.is_available():
         print("bench_bank: needs a CUDA device (a host bank is only drawn on the host when training on a GPU)")
         return 2

@@ -40,6 +40,15 @@ def _setup(text: str) -> tuple[int, str]:
     return n, devices
 
 
+def students_per_worker(study_args: list[str]) -> int:
+    """The ``--students-per-worker`` the study options give (1 when they give none: a preset's default is 1)."""
+    for i, a in enumerate(study_args):
+        if a.startswith("--students-per-worker"):
+            value = a.partition("=")[2] or (study_args[i + 1] if i + 1 < len(study_args) else "")
+            return int(value) if value.isdigit() and int(value) > 0 else 1
+    return 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", type=_setup, action="append", required=True, metavar="WORKERS:DEVICES")
@@ -55,7 +64,9 @@ def main(argv=None) -> int:
         runs = Path(args.runs_dir or tmp)
         print(f"study options: {shlex.join(study_args)}", flush=True)
         t0 = time.perf_counter()
-        warm = trials_per_hour(1, 1, study_args + ["--devices", args.setup[0][1].split(",")[0]], runs, "bench-warm-up")
+        # as many warm-up trials as a worker trains together, so the setups find the batched engine compiled
+        warm = trials_per_hour(1, students_per_worker(study_args),
+                               study_args + ["--devices", args.setup[0][1].split(",")[0]], runs, "bench-warm-up")
         warm_s = time.perf_counter() - t0
         print(f"warm-up (teacher, bank, FID statistics, compile caches): {warm_s:.0f} s, its trial "
               f"{warm['mean_trial_s']:.0f} s", flush=True)

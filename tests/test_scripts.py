@@ -469,3 +469,15 @@ def test_bench_tracking_times_writers_logging_into_one_sqlite_store_with_backups
     assert bench.main(["--store", str(tmp_path / "none.db")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bench_tracking.py: error: no store at")
+
+
+def test_bench_trials_warms_up_as_many_trials_as_a_worker_trains_together():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_trials import students_per_worker
+
+    assert students_per_worker(["--preset", "fmnist-gpu", "--students-per-worker", "3", "--length", "full"]) == 3
+    assert students_per_worker(["--students-per-worker=4"]) == 4
+    assert students_per_worker(["--preset", "fmnist-gpu"]) == 1
+    assert students_per_worker(["--students-per-worker"]) == 1  # the study itself then refuses the option
