@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -181,8 +182,26 @@ def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: 
     study = optuna.load_study(study_name=name, storage=open_storage(storage))
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-    return dict(workers=workers, trials=len(done), span_s=span, wall_s=wall, trials_per_hour=3600 * len(done) / span,
-                mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done))
+    out = dict(workers=workers, trials=len(done), span_s=span, wall_s=wall, trials_per_hour=3600 * len(done) / span,
+               mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done),
+               mean_train_s=statistics.fmean(t.user_attrs.get("train_time_s", math.nan) for t in done))
+    out.update(steady_rate(done))
+    return out
+
+
+def steady_rate(done) -> dict:
+    """Trials an hour once every worker has finished its first group: the trials completed more than
+    ``GROUP_GAP_S`` after the first completion, over the time from that completion to the last. A worker's
+    first group also pays its start-up (bank loading, compiling, cuDNN's autotuning); this rate does not."""
+    ends = sorted(t.datetime_complete for t in done)
+    later = [e for e in ends if (e - ends[0]).total_seconds() > GROUP_GAP_S]
+    span = (ends[-1] - ends[0]).total_seconds()
+    if not later or span <= 0:
+        return dict(steady_trials=0, steady_span_s=0.0, steady_trials_per_hour=math.nan)
+    return dict(steady_trials=len(later), steady_span_s=span, steady_trials_per_hour=3600 * len(later) / span)
+
+
+GROUP_GAP_S = 5.0  # trials of one group are told within this of each other
 
 
 def fid_features(args, device, quick: bool, gpu: bool, out: dict, row) -> None:

@@ -10,7 +10,13 @@ trials (--pruner none; distil, 10k-sample FID, tracking) in one scratch run fold
 with the same options runs first and fills what every setup then reads from the cache: the teacher, the
 trajectory bank (every trial has seed 0: one bank), the FID reference statistics and the compiled kernels. Rate:
 completed trials over the span from the first trial's start to the last one's end (process start-up and loading
-reported apart); ratios are against the first setup, measured in the same run on the same machine.
+reported apart); ratios are against the first setup, measured in the same run on the same machine. A worker's
+first group also pays its own start-up (bank loading, compiling from the warm cache, cuDNN's autotuning), so the
+steady rate is printed beside it: the trials completed after the first completion, over the time from it to the
+last (trials of one group are told together). With few trials per worker the two differ; give each setup enough
+groups (--trials) for the steady rate to rest on more than one. Each trial's training time (its
+``train_time_s``) is printed beside its wall time. ``--runs-dir`` keeps the studies (and the workers' logs, with
+their pace lines) after the run.
 """
 
 from __future__ import annotations
@@ -74,9 +80,13 @@ def main(argv=None) -> int:
         for i, (workers, devices) in enumerate(args.setup):  # each row printed when measured: a run cut short keeps it
             r = trials_per_hour(workers, args.trials, study_args + ["--devices", devices], runs, f"bench-setup-{i}")
             rows.append(dict(setup=f"{workers}:{devices}", **r))
-            print(f"{rows[-1]['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each, "
+            print(f"{rows[-1]['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each "
+                  f"({r['mean_train_s']:.1f} s of it training), "
                   f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / rows[0]['trials_per_hour']:.2f} "
-                  f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s)", flush=True)
+                  f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s); after the first "
+                  f"completion: {r['steady_trials']} trials in {r['steady_span_s']:.0f} s = "
+                  f"{r['steady_trials_per_hour']:,.1f} trials/h = "
+                  f"x{r['steady_trials_per_hour'] / rows[0]['steady_trials_per_hour']:.2f}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(dict(warm_up_s=warm_s, study_args=study_args, setups=rows), indent=2))
     return 0

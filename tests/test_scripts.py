@@ -481,3 +481,21 @@ def test_bench_trials_warms_up_as_many_trials_as_a_worker_trains_together():
     assert students_per_worker(["--students-per-worker=4"]) == 4
     assert students_per_worker(["--preset", "fmnist-gpu"]) == 1
     assert students_per_worker(["--students-per-worker"]) == 1  # the study itself then refuses the option
+
+
+def test_bench_trials_steady_rate_leaves_out_the_first_group_and_its_start_up():
+    import sys
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_core import steady_rate
+
+    t0 = datetime(2026, 11, 28, 12, 0, 0)
+    # one worker, groups of 3: the first ends after 170 s (start-up paid), the next two 60 s apart
+    ends = [170.0, 170.2, 170.4, 230.0, 230.1, 230.3, 290.0, 290.2, 290.4]
+    done = [SimpleNamespace(datetime_complete=t0 + timedelta(seconds=e)) for e in ends]
+    r = steady_rate(done)
+    assert r["steady_trials"] == 6 and r["steady_span_s"] == pytest.approx(120.4)
+    assert r["steady_trials_per_hour"] == pytest.approx(3600 * 6 / 120.4)
+    assert steady_rate(done[:3])["steady_trials"] == 0  # one group: no steady rate to give
