@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=4, metavar="N", help="trials per worker in each setup")
     p.add_argument("--runs-dir", default=None, help="scratch run folder (default: a temporary one)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="no warm-up study: the first setup's first group fills the caches (its steady rate leaves "
+                        "that group out; its span's rate does not)")
     p.add_argument("study_args", nargs=argparse.REMAINDER, help="-- then study/run.py options shared by every setup")
     args = p.parse_args(argv)
     study_args = [a for a in args.study_args if a != "--"]
@@ -70,12 +73,14 @@ def main(argv=None) -> int:
         runs = Path(args.runs_dir or tmp)
         print(f"study options: {shlex.join(study_args)}", flush=True)
         t0 = time.perf_counter()
-        # as many warm-up trials as a worker trains together, so the setups find the batched engine compiled
-        warm = trials_per_hour(1, students_per_worker(study_args),
-                               study_args + ["--devices", args.setup[0][1].split(",")[0]], runs, "bench-warm-up")
-        warm_s = time.perf_counter() - t0
-        print(f"warm-up (teacher, bank, FID statistics, compile caches): {warm_s:.0f} s, its trial "
-              f"{warm['mean_trial_s']:.0f} s", flush=True)
+        warm_s = None
+        if not args.no_warm_up:
+            # as many warm-up trials as a worker trains together, so the setups find the batched engine compiled
+            warm = trials_per_hour(1, students_per_worker(study_args),
+                                   study_args + ["--devices", args.setup[0][1].split(",")[0]], runs, "bench-warm-up")
+            warm_s = time.perf_counter() - t0
+            print(f"warm-up (teacher, bank, FID statistics, compile caches): {warm_s:.0f} s, its trial "
+                  f"{warm['mean_trial_s']:.0f} s", flush=True)
         rows = []
         for i, (workers, devices) in enumerate(args.setup):  # each row printed when measured: a run cut short keeps it
             r = trials_per_hour(workers, args.trials, study_args + ["--devices", devices], runs, f"bench-setup-{i}")
