@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# NOT RUN: session 10 spent its device time on benchmarks/bench_bank.py and bench_core.py; sessions 11 on have only H200s
+# (call-11.sh and call-12.sh are the chains for the 2x H200 machine).
 # The campaign's NFE-3 headline on ONE H100 (nvidia-h100-x1, counted at half rate), after `source scripts/gpu/stage.sh`
 # has staged p1-p5 and NFE 3's three full-length banks (seeds 1000-1002) were started in the first call:
 #   source scripts/gpu/stage.sh; O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
