@@ -134,13 +134,21 @@ def run_here(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:
     from .loop import Loop
     from .storage import record_heartbeats
 
-    ctx = build_context(config, study, stores, reporter)
-    tracker = ctx.tracker
-    with record_heartbeats(stores["storage"], study) as beats:
-        loop = Loop(study, ctx, stores["storage"], beats, reporter=reporter)
-        if reporter is not None:
-            reporter.loop = loop
-        tally = loop.run(n_trials, config.timeout)
+    log_dir = config.runs_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # the pace lines a worker writes to its log (bdense_core.distill.Pace), here too: a one-process study's log
+    with open(log_dir / f"{config.study_name}-process-{os.getpid()}.log", "a", buffering=1) as log:
+        stop = pace_lines(log)
+        try:
+            ctx = build_context(config, study, stores, reporter)
+            tracker = ctx.tracker
+            with record_heartbeats(stores["storage"], study) as beats:
+                loop = Loop(study, ctx, stores["storage"], beats, reporter=reporter)
+                if reporter is not None:
+                    reporter.loop = loop
+                tally = loop.run(n_trials, config.timeout)
+        finally:
+            stop()
     if tally.stopped_by_failures:
         print(f"bdense-study: error: {tally.by_state['FAIL'][-1:]} and the trials before it failed in a row; "
               f"stopped. Last reason: {tally.last_reason}", file=sys.stderr, flush=True)
@@ -161,16 +169,31 @@ def _die_with_parent() -> None:
             pass
 
 
-def worker_log(log) -> None:
-    """Send this worker's diagnostics to its log ``log``: the training loops' pace lines (timestamped), and with
-    ``BDENSE_STACKS_EVERY=SECONDS`` every thread's stack every that many seconds (:func:`sample_stacks`)."""
+def pace_lines(log):
+    """Write the training loops' pace lines (and bdense_core's other INFO lines), timestamped, to ``log``; returns
+    a function that stops it (for a study run in this process, whose logger outlives the run)."""
     import logging
 
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("bdense_core")
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # the console shows its own progress; these lines go to the log only
+
+    def stop() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+    return stop
+
+
+def worker_log(log) -> None:
+    """Send this worker's diagnostics to its log ``log``: the training loops' pace lines (timestamped), and with
+    ``BDENSE_STACKS_EVERY=SECONDS`` every thread's stack every that many seconds (:func:`sample_stacks`)."""
+    pace_lines(log)
     every = os.environ.get("BDENSE_STACKS_EVERY", "")
     if every:
         try:

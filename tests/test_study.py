@@ -101,6 +101,12 @@ def test_three_trial_study_is_in_both_stores(first_study):
         assert t.value == pytest.approx(t.user_attrs["kid"]) and t.user_attrs["kid_seeds"] == [t.value]
         assert t.user_attrs["fidelity"] == "screen" and t.user_attrs["iterations"] == 2
         assert t.user_attrs["teacher_paths"] == "seed bank"
+    # one process, no workers: its pace lines still go to a log of its own (one line at the end of each training)
+    logs = list((runs / "logs").glob(f"{NAME}-process-*.log"))
+    assert len(logs) == 1
+    lines = re.findall(r"^\d\d:\d\d:\d\d SFD, 1 student at NFE 2: iteration (\d+)/\1, [\d.]+ ms an iteration ",
+                       logs[0].read_text(), re.M)
+    assert len(lines) == 3, logs[0].read_text()
 
     client = mlflow_client(runs)
     parents = runs_of(client, study, "study")
