@@ -499,3 +499,16 @@ def test_bench_trials_steady_rate_leaves_out_the_first_group_and_its_start_up():
     assert r["steady_trials"] == 6 and r["steady_span_s"] == pytest.approx(120.4)
     assert r["steady_trials_per_hour"] == pytest.approx(3600 * 6 / 120.4)
     assert steady_rate(done[:3])["steady_trials"] == 0  # one group: no steady rate to give
+
+
+def test_a_chains_deadline_never_gives_a_study_zero_minutes():
+    """scripts/gpu/deadline.sh: `timeout 0` would never stop a study, so `lane` and `left` give at least 1."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    run = lambda minutes: subprocess.run(  # noqa: E731
+        ["bash", "-c", "source scripts/gpu/deadline.sh; echo $(left) $(lane) $BDENSE_NUM_THREADS"], cwd=repo,
+        env={"PATH": "/usr/bin:/bin", "MINUTES": str(minutes)}, capture_output=True, text=True, check=True).stdout.split()
+    left, lane, threads = map(int, run(26))
+    assert left in (25, 26) and lane == left - 1 and threads == 2  # a minute kept for the pack after the study
+    assert run(1) == ["1", "1", "2"] and run(0) == ["1", "1", "2"]

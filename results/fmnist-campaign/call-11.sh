@@ -26,15 +26,10 @@
 # one worker, 12 trials, the first group compiling cold; setup 2: two workers, 24 trials, from the warm cache);
 # then, with 8 minutes or more left, PD with the x distance: 12 screen trials (3 rounds of 150 updates), then the
 # best a and both baselines at 1,000 updates a round on seeds 1000-1002, two workers, as far as the time goes.
-set -uo pipefail
-trap 'exit 130' INT
-export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2} PYTHONUNBUFFERED=1
+source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads
 T="--preset fmnist-gpu --length full --k 2 3 4 6 8 --students-per-worker 3"
 PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 12 --confirm-top 1 --confirm-seeds 3"
 D=/tmp/bd/out
-END=$(( $(date +%s) + ${MINUTES:-26} * 60 ))
-left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }  # whole minutes to the deadline
-lane() { local m=$(( $(left) - 1 )); echo $(( m > 1 ? m : 1 )); }  # a study's minutes: one left for the pack
 mkdir -p $D/pdx $D/final
 bash scripts/gpu/bg.sh wait bank 900
 echo "call-11.sh: bench_trials from $(date -u +%H:%M:%S)"

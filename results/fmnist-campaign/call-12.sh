@@ -26,15 +26,10 @@
 # minutes after call 1); each loads the three banks, compiles and trains (session 8's benchmark, H100: 50.8 ms an
 # iteration for three students at NFE 3, so about 80 s of training a trial), the first free worker takes the third
 # trial; then, with 8 minutes or more left, PD with the state distance on both GPUs.
-set -uo pipefail
-trap 'exit 130' INT
-export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2} PYTHONUNBUFFERED=1
+source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads
 O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 12 --confirm-top 1 --confirm-seeds 3"
 D=/tmp/bd/out
-END=$(( $(date +%s) + ${MINUTES:-26} * 60 ))
-left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }  # whole minutes to the deadline
-lane() { local m=$(( $(left) - 1 )); echo $(( m > 1 ? m : 1 )); }  # a study's minutes: one left for the pack
 mkdir -p $D/nfe3 $D/pds $D/final
 BDENSE_STACKS_EVERY=60 OUT=$D/nfe3 bash scripts/gpu/study.sh "$(lane)" \
   -- $O --n-trials 0 --ablation nfe --ablation-length full --ablation-nfe 3 --workers 2 --devices cuda:0,cuda:1

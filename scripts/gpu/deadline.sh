@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sourced by a chain (results/fmnist-campaign/call-*.sh): its deadline, MINUTES (default ${1:-26}) from now, and
+#   left   whole minutes to the deadline (at least 1)
+#   lane   a study's minutes: one less, for the pack after it (at least 1: `timeout 0` would never stop it)
+# It also sets what every chain sets: stop on Ctrl-C, 2 CPU threads a process unless set, unbuffered Python.
+set -uo pipefail
+trap 'exit 130' INT
+export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2} PYTHONUNBUFFERED=1
+END=$(( $(date +%s) + ${MINUTES:-${1:-26}} * 60 ))
+left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }
+lane() { local m=$(( $(left) - 1 )); echo $(( m > 1 ? m : 1 )); }
