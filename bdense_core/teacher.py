@@ -136,17 +136,25 @@ class Teacher:
 NOISE_CHUNK = 500  # x_T is drawn this many rows at a time, whatever the compute batch
 
 
-def noise_batches(n: int, shape, sigma_max: float, g: torch.Generator, batch: int, pad: bool = False):
+def noise_batches(n: int, shape, sigma_max: float, g: torch.Generator, batch: int, pad: bool = False,
+                  first: int = 0):
     """``x_T = sigma_max * randn`` for ``n`` images in batches of ``batch`` rows.
 
     The noise is drawn from ``g`` in chunks of :data:`NOISE_CHUNK` rows, so row i is the same whatever ``batch``
     is (a fast path with large batches and the eager one see the same x_T). With ``pad`` the last batch is
     padded with zeros to ``batch`` rows (static shapes for compiled graphs); yields ``(x, rows_used)``.
+    ``first`` (a multiple of NOISE_CHUNK) starts at that row: the chunks before it are drawn and dropped, so
+    rows ``first..n-1`` are those of the whole draw (one bank solved in parts on several GPUs).
     """
+    if first % NOISE_CHUNK or not 0 <= first <= n:
+        raise ValueError(f"first must be a multiple of {NOISE_CHUNK} in [0, {n}], got {first}")
     pending, have = [], 0
     for start in range(0, n, NOISE_CHUNK):
         rows = min(NOISE_CHUNK, n - start)
-        pending.append(torch.randn((rows, *shape), generator=g, device=g.device) * sigma_max)
+        chunk = torch.randn((rows, *shape), generator=g, device=g.device) * sigma_max
+        if start < first:
+            continue
+        pending.append(chunk)
         have += rows
         while have >= batch:
             joined = torch.cat(pending) if len(pending) > 1 else pending[0]

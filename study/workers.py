@@ -112,7 +112,8 @@ class Banks:
         for key in keys:
             self._fetch(key, wait=False)
 
-    def _fetch(self, key: tuple, wait: bool) -> None:
+    def spec(self, key: tuple) -> dict:
+        """How the bank of ``key`` (:meth:`key`) is asked for: the framework's ``shared_paths`` arguments."""
         from bdense_core.schedule import BranchWeights
 
         cfg = self.config
@@ -120,8 +121,13 @@ class Banks:
         grid = cfg.trial_config(max(cfg.k_choices), BranchWeights(), seed, nfe, length)
         draws = grid.iterations * grid.batch_size
         size = draws if cfg.paths == "seed" else max(cfg.preset.bank_size, draws)
-        bank = cfg.fw.shared_paths(self.teacher, grid, size=size, seed=seed + self.OFFSET, root=cfg.cache_root,
-                                   k_choices=tuple(cfg.k_choices), wait=wait)
+        return dict(config=grid, size=size, seed=seed + self.OFFSET, root=cfg.cache_root,
+                    k_choices=tuple(cfg.k_choices))
+
+    def _fetch(self, key: tuple, wait: bool) -> None:
+        cfg = self.config
+        spec = self.spec(key)
+        bank = cfg.fw.shared_paths(self.teacher, spec.pop("config"), wait=wait, **spec)
         if bank is None and not wait:
             return  # another process is building it
         while len(self.cache) >= self.keep:

@@ -135,6 +135,47 @@ def test_a_bank_another_process_is_building_is_waited_for_not_built_twice(teache
     assert bank is not None and path.exists() and bank.states.shape[0] == 8
 
 
+def test_noise_from_a_later_chunk_is_the_same_rows_of_the_whole_draw():
+    from bdense_core.teacher import NOISE_CHUNK, generator, noise_batches
+
+    whole = torch.cat([x for x, _ in noise_batches(1300, (1, 2, 2), 80.0, generator(7, "cpu"), 300)])
+    tail = torch.cat([x for x, _ in noise_batches(1300, (1, 2, 2), 80.0, generator(7, "cpu"), 300, first=NOISE_CHUNK)])
+    assert torch.equal(tail, whole[NOISE_CHUNK:])
+    with pytest.raises(ValueError, match="multiple of"):
+        next(noise_batches(1300, (1, 2, 2), 80.0, generator(7, "cpu"), 300, first=7))
+
+
+def test_a_bank_solved_in_parts_is_the_bank_solved_whole(teacher, tmp_path):
+    """Parts solved apart (several GPUs) and joined give the very file one process would have solved: the
+    same rows under the same key, loaded without solving again."""
+    from bdense_core.distill import sfd
+
+    cfg = replace(TINY.config("sfd"), branches=4, iterations=3)
+    n = 1100
+    assert [sfd.part_rows(n, i, 2) for i in range(2)] == [(0, 500), (500, 1100)]
+    assert [sfd.part_rows(200_064, i, 2) for i in range(2)] == [(0, 100_000), (100_000, 200_064)]
+    with pytest.raises(ValueError, match="too small"):
+        sfd.part_rows(n, 0, 3)
+    whole = cached_trajectory_bank(teacher, n, cfg, seed=4, root=tmp_path / "whole", k_choices=(1, 2, 4))
+    root = tmp_path / "parts"
+    assert "1 part(s) still to come" in sfd.cached_bank_part(teacher, n, cfg, 4, root, 1, 2, k_choices=(1, 2, 4))
+    said = sfd.cached_bank_part(teacher, n, cfg, 4, root, 0, 2, k_choices=(1, 2, 4))
+    assert "2 parts joined" in said
+    files = sorted(p.name for p in (root / "banks").iterdir() if not p.name.endswith(".lock"))
+    assert files == [sfd.bank_path(teacher, n, cfg, 4, root, (1, 2, 4)).name]  # the parts are gone
+    assert "already" in sfd.cached_bank_part(teacher, n, cfg, 4, root, 0, 2, k_choices=(1, 2, 4))
+
+    def solve(*args, **kwargs):
+        raise AssertionError("solved again")
+
+    original, sfd.build_trajectory_bank = sfd.build_trajectory_bank, solve
+    try:
+        joined = cached_trajectory_bank(teacher, n, cfg, seed=4, root=root, k_choices=(1, 2, 4))
+    finally:
+        sfd.build_trajectory_bank = original
+    assert joined.points == whole.points and torch.equal(joined.states, whole.states)
+
+
 def test_an_fp32_teacher_bank_has_its_own_key_and_bf16_keys_are_unchanged():
     from bdense_core.distill.sfd import bank_key
 

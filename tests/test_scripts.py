@@ -271,6 +271,38 @@ def test_banks_script_solves_the_banks_a_study_then_loads_without_solving(tmp_pa
         banks(2, "screen", 1)  # a seed banks.py was not asked for
 
 
+def test_banks_script_solves_a_bank_in_parts_that_a_study_then_loads(tmp_path, tiny_teacher_file, monkeypatch):
+    """`--bank NFE:LENGTH:SEED:I/M` (one part on each GPU): the last part joins them into the bank file a
+    study's workers load, with the rows of the bank solved whole."""
+    import torch
+
+    from bdense_core.distill import sfd
+    from study.cli import parse_config
+    from study.run import prepare_teacher
+    from study.workers import Banks
+
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(tmp_path / "runs"))
+    _, file = tiny_teacher_file
+    opts = ["--preset", "tiny", "--teacher-file", str(file), "--k", "2", "--iterations", "70", "--device", "cpu"]
+    script = _load_gpu("banks")
+    assert script.main(["--bank", "2:screen:0:2/2", "--", *opts]) == 0
+    assert len(list((tmp_path / "cache" / "banks").glob("bank-*.pt.part1of2"))) == 1
+    assert script.main(["--bank", "2:screen:0:1/2", "--", *opts]) == 0
+    files = [p.name for p in (tmp_path / "cache" / "banks").glob("bank-*") if not p.name.endswith(".lock")]
+    assert len(files) == 1 and files[0].endswith(".pt")  # the parts joined, and gone
+    config = parse_config(opts)
+    teacher = prepare_teacher(config, "cpu", announce=False)
+    whole = sfd.build_trajectory_bank(teacher, 70 * 16, **{k: v for k, v in Banks(config, teacher).spec(
+        (2, "screen", 0)).items() if k in ("config", "seed", "k_choices")}, dtype=torch.float16)
+
+    def solve(*args, **kwargs):
+        raise AssertionError("the study solved a bank that banks.py had solved")
+
+    monkeypatch.setattr(sfd, "build_trajectory_bank", solve)
+    bank = Banks(config, teacher)(2, "screen", 0)
+    assert len(bank) == 70 * 16 and torch.equal(bank.states, whole.states)
+
+
 def test_banks_script_bad_input_is_one_line_exit_2(tmp_path, tiny_teacher_file, monkeypatch, capsys):
     monkeypatch.setenv("BDENSE_RUNS_DIR", str(tmp_path / "runs"))
     _, file = tiny_teacher_file
@@ -282,6 +314,14 @@ def test_banks_script_bad_input_is_one_line_exit_2(tmp_path, tiny_teacher_file, 
     assert script.main(["--bank", "2:full:1000", "--", "--preset", "tiny", "--teacher-file", str(file)]) == 2
     err = capsys.readouterr().err
     assert "trains nothing at length 'full'" in err and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as e:
+        script.main(["--bank", "2:full:1000:3/2", "--", "--preset", "tiny"])
+    assert e.value.code == 2 and "I/M" in capsys.readouterr().err
+    # the tiny preset's bank (96 paths) is too small to split: one line, nothing solved
+    assert script.main(["--bank", "2:screen:0:1/2", "--", "--preset", "tiny", "--teacher-file", str(file),
+                        "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "too small to solve in 2 parts" in err and err.count("\n") == 1, err
     assert not (tmp_path / "cache" / "banks").exists()
 
 

@@ -239,12 +239,13 @@ def teacher_trajectories(teacher: Teacher, x_T: torch.Tensor, config: SFDConfig,
 def build_trajectory_bank(
     teacher: Teacher, n: int, config: SFDConfig, seed: int, batch_size: int = 256,
     dtype: torch.dtype = torch.float32, device: torch.device | None = None,
-    k_choices: tuple[int, ...] | None = None,
+    k_choices: tuple[int, ...] | None = None, first: int = 0,
 ) -> TrajectoryBank:
     """``n`` teacher trajectories for every trial that shares ``config``'s grid (NFE, AFS, S, sigmas).
 
     Path i starts from row i of ``seed``'s noise (:func:`bdense_core.teacher.noise_batches`), whatever the
-    batch size. With ``k_choices`` only the grid points those branch counts need are kept. On CUDA with
+    batch size; ``first`` (a multiple of ``teacher.NOISE_CHUNK``) solves only paths ``first..n-1``, a part of
+    the bank (:func:`cached_bank_part`). With ``k_choices`` only the grid points those branch counts need are kept. On CUDA with
     ``config.fast`` the teacher runs on the compiled bf16 sampler (batches of ``fast.SAMPLE_BATCH``);
     eagerly it runs in batches of ``batch_size``, under bf16 autocast when ``config.amp`` is set on CUDA (the
     solver's state updates stay fp32 either way).
@@ -254,7 +255,7 @@ def build_trajectory_bank(
     g = generator(seed, teacher.device)
     points = needed_points(config, k_choices) if k_choices else None
     chunks = []
-    for x_T, rows in noise_batches(n, teacher.image_shape, config.sigma_max, g, batch, pad=fast):
+    for x_T, rows in noise_batches(n, teacher.image_shape, config.sigma_max, g, batch, pad=fast, first=first):
         states = teacher_trajectories(teacher, x_T, config, fast=fast, amp=config.amp)[:rows]
         if points is not None:
             states = states[:, list(points)]
@@ -288,10 +289,8 @@ def cached_trajectory_bank(
     another process that needs the bank waits for it and loads the file; with ``wait=False`` it returns None at
     once instead (it may build another bank meanwhile: :meth:`study.workers.Banks.prefetch`)."""
     import os
-    from pathlib import Path
 
-    fast = use_fast(teacher.device, config.fast)
-    path = Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices, fast)
+    path = bank_path(teacher, n, config, seed, root, k_choices)
     points = needed_points(config, k_choices) if k_choices else range(config.teacher_grid().numel())
     place = bank_device(teacher.device, n * len(points) * math.prod(teacher.image_shape) * dtype.itemsize)
     bank = _load_bank(path, place)
@@ -313,6 +312,78 @@ def cached_trajectory_bank(
             return bank
         finally:
             _unlock(lock)
+
+
+def bank_path(teacher: Teacher, n: int, config: SFDConfig, seed: int, root, k_choices: tuple[int, ...] | None):
+    """Where :func:`cached_trajectory_bank` keeps this bank."""
+    from pathlib import Path
+
+    return Path(root) / "banks" / bank_key(teacher.key, config, n, seed, k_choices, use_fast(teacher.device, config.fast))
+
+
+def part_rows(n: int, part: int, parts: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of part ``part`` (0-based) of a bank of ``n`` paths solved in ``parts`` parts: about
+    equal, each starting on a noise chunk (``teacher.NOISE_CHUNK``)."""
+    from ..teacher import NOISE_CHUNK
+
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}: give 0 <= part < parts")
+    if n < parts * NOISE_CHUNK:
+        raise ValueError(f"a bank of {n:,} paths is too small to solve in {parts} parts (each part starts on a noise "
+                         f"chunk of {NOISE_CHUNK}); solve it whole")
+    cut = lambda i: min(n, round(i * n / parts / NOISE_CHUNK) * NOISE_CHUNK)  # noqa: E731
+    return cut(part), (n if part == parts - 1 else cut(part + 1))
+
+
+@torch.no_grad()
+def cached_bank_part(teacher: Teacher, n: int, config: SFDConfig, seed: int, root, part: int, parts: int,
+                     k_choices: tuple[int, ...] | None = None, dtype: torch.dtype = torch.float16) -> str:
+    """Solve part ``part`` of ``parts`` of :func:`cached_trajectory_bank`'s bank (rows :func:`part_rows`), save it
+    beside the bank, and when every part is there join them into the bank file itself, which every process then
+    loads as if one process had solved it (the same rows, the same key). Several GPUs solve one bank so; the
+    study's workers must start after the join (before it they would solve the bank themselves). Returns what
+    it did, in words."""
+    import os
+
+    path = bank_path(teacher, n, config, seed, root, k_choices)
+    if path.exists():
+        return f"the bank is there already ({path.name})"
+    start, stop = part_rows(n, part, parts)
+    mine = path.with_name(f"{path.name}.part{part}of{parts}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not mine.exists():
+        bank = build_trajectory_bank(teacher, stop, config, seed, dtype=dtype, device=torch.device("cpu"),
+                                     k_choices=k_choices, first=start)
+        tmp = mine.with_name(f"{mine.name}.{os.getpid()}.tmp")
+        torch.save({"states": bank.states, "grid": bank.grid.cpu(), "points": list(bank.points)}, tmp)
+        os.replace(tmp, mine)
+    return f"part {part + 1} of {parts} (paths {start:,} to {stop - 1:,}) saved; " + join_bank_parts(path, n, parts)
+
+
+def join_bank_parts(path, n: int, parts: int) -> str:
+    """Join the ``parts`` part files of the bank at ``path`` into it once all are there (under the bank's lock)."""
+    import os
+
+    files = [path.with_name(f"{path.name}.part{i}of{parts}") for i in range(parts)]
+    missing = sum(not f.exists() for f in files)
+    if missing:
+        return f"{missing} part(s) still to come"
+    with open(path.with_suffix(".lock"), "a") as lock:
+        _lock(lock, True)
+        try:
+            if not path.exists():
+                saved = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+                states = torch.cat([p["states"] for p in saved])
+                if len(states) != n or len({tuple(p["points"]) for p in saved}) != 1:
+                    raise ValueError(f"the parts of {path.name} hold {len(states)} paths of {n}, or other points")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                torch.save({"states": states, "grid": saved[0]["grid"], "points": saved[0]["points"]}, tmp)
+                os.replace(tmp, path)
+            for f in files:
+                f.unlink(missing_ok=True)
+        finally:
+            _unlock(lock)
+    return f"the {parts} parts joined into {path.name}"
 
 
 # A bank larger than this stays in (pinned) host memory and its batches are copied to the GPU as they are drawn:

@@ -8,22 +8,23 @@
 # Here first: `bash scripts/gpu/prepare.sh`, then the run folder from the published report:
 #   python -m study.rebuild results/fmnist-campaign/report-2026-11-27 --runs-dir /tmp/runs
 #   bash scripts/gpu/pack.sh /tmp/runs .gpu/runs
-# Call 1 (carry .gpu/p2 .gpu/runs .gpu/SHA256SUMS .gpu/pieces): the three banks, two on cuda:0 one after the other and
-# one on cuda:1 (NFE 3: about 330 s each on an H200, from session 11's 219 s at NFE 2 and 48 against 72 steps),
-# and the monitor:
+# Call 1 (carry .gpu/p2 .gpu/runs .gpu/SHA256SUMS .gpu/pieces): the three banks on the two GPUs, seed 1002's in two
+# halves, one on each GPU after its own bank (`banks.py --bank NFE:LENGTH:SEED:I/M`; the half that ends last joins
+# them). NFE 3, estimated from session 11's 219 s at NFE 2 (48 against 72 steps): about 330 s a bank on an H200,
+# so the banks are ready about 8 minutes after call 1 instead of 10 with seed 1002 whole on cuda:0. And the monitor:
 #   source scripts/gpu/stage.sh; mkdir -p /tmp/bd/out; export BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1
 #   O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 #   bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh /tmp/bd/out/monitor 20
-#   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 3:full:1000 --bank 3:full:1002 -- $O --device cuda:0
-#   bash scripts/gpu/bg.sh start b1 python scripts/gpu/banks.py --bank 3:full:1001 -- $O --device cuda:1
+#   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 3:full:1000 --bank 3:full:1002:1/2 -- $O --device cuda:0
+#   bash scripts/gpu/bg.sh start b1 python scripts/gpu/banks.py --bank 3:full:1001 --bank 3:full:1002:2/2 -- $O --device cuda:1
 # Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5; the last one starts this chain:
 #   MINUTES=26 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-12.sh
 # and every later call, sent at once after the one before, waits and brings back what stands:
 #   sleep 540; bash scripts/gpu/pack.sh /tmp/bd/runs $OUT; tar -czf $OUT/logs.tgz /tmp/bd/jobs/*.log \
 #     /tmp/bd/out/*/*.log /tmp/bd/runs/logs 2>/dev/null; bash scripts/gpu/bg.sh status all
 # until /tmp/bd/out/final/runs.tgz.sha256 is there (the last call copies /tmp/bd/out/final/* instead).
-# Plan: the two workers start with the chain and wait for the banks (the second bank on cuda:0 is ready about 11
-# minutes after call 1); each loads the three banks, compiles and trains (session 8's benchmark, H100: 50.8 ms an
+# Plan: the study starts once both bank jobs have ended (a worker started before seed 1002's halves are joined
+# would solve that bank on its own); each worker loads the three banks, compiles and trains (session 8's benchmark, H100: 50.8 ms an
 # iteration for three students at NFE 3, so about 80 s of training a trial), the first free worker takes the third
 # trial; then, with 8 minutes or more left, PD with the state distance on both GPUs.
 source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads
@@ -31,6 +32,7 @@ O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 12 --confirm-top 1 --confirm-seeds 3"
 D=/tmp/bd/out
 mkdir -p $D/nfe3 $D/pds $D/final
+bash scripts/gpu/bg.sh wait b0 1500; bash scripts/gpu/bg.sh wait b1 600
 BDENSE_STACKS_EVERY=60 OUT=$D/nfe3 bash scripts/gpu/study.sh "$(lane)" \
   -- $O --n-trials 0 --ablation nfe --ablation-length full --ablation-nfe 3 --workers 2 --devices cuda:0,cuda:1
 if [ "$(left)" -ge 8 ]; then
