@@ -29,7 +29,8 @@ Training runs N students at once (:func:`train_sfd_many`; one student is N = 1):
   iterations late; the records themselves are the same whatever ``log_every`` is.
 - **Large banks.** A bank above :data:`BANK_GPU_BYTES` lives in pinned host memory; a group training from it
   gets a GPU copy of only the columns its branch counts need (:func:`banks_for_device`), the same rows in the
-  same order, and draws on the host only when that copy does not fit.
+  same order, and draws on the host only when that copy does not fit. Several GPUs can solve one bank in parts
+  (:func:`cached_bank_part`): the parts start on noise chunks, so joined they are the bank solved whole.
 - **Fast path** (CUDA, ``SFDConfig.fast``, default on): the interval step (student forward, jumps, losses) is
   compiled with CUDA graphs under bf16 autocast, the optimiser is fused Adam, and the compiled engine is
   cached per process by (architecture, N, head, batch): a new trial copies the teacher's weights into its
