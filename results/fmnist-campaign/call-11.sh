@@ -10,11 +10,12 @@
 # joins it):
 #   python -m study.rebuild results/fmnist-campaign/report-2026-11-27 --runs-dir /tmp/runs
 #   bash scripts/gpu/pack.sh /tmp/runs .gpu/runs
-# Call 1 (carry .gpu/p2 .gpu/runs .gpu/SHA256SUMS .gpu/pieces): seed 0's full-length NFE-2 bank on cuda:0, the one
-# bank every bench_trials trial reads (219 s on one H200 in session 11):
+# Call 1 (carry .gpu/p2 .gpu/runs .gpu/SHA256SUMS .gpu/pieces): seed 0's full-length NFE-2 bank, the one bank every
+# bench_trials trial reads, in two halves, one on each GPU (219 s whole on one H200 in session 11):
 #   source scripts/gpu/stage.sh; mkdir -p /tmp/bd/out; export BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1
 #   T="--preset fmnist-gpu --length full --k 2 3 4 6 8 --students-per-worker 3"
-#   bash scripts/gpu/bg.sh start bank python scripts/gpu/banks.py --bank 2:full:0 -- $T --device cuda:0
+#   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 2:full:0:1/2 -- $T --device cuda:0
+#   bash scripts/gpu/bg.sh start b1 python scripts/gpu/banks.py --bank 2:full:0:2/2 -- $T --device cuda:1
 # Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5; the last one starts this chain:
 #   MINUTES=26 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-11.sh
 # and every later call, sent at once after the one before, waits and brings back what stands:
@@ -22,7 +23,7 @@
 #   tar -czf $OUT/tr.tgz --exclude mlartifacts -C /tmp/bd/out tr 2>/dev/null
 #   bash scripts/gpu/pack.sh /tmp/bd/runs $OUT 2>/dev/null; bash scripts/gpu/bg.sh status all
 # until /tmp/bd/out/final/runs.tgz.sha256 is there (the last call copies /tmp/bd/out/final/* instead).
-# Plan (H200 times of session 11): bank ready about 4 minutes after call 1; bench_trials about 11 minutes (setup 1:
+# Plan (H200 times of session 11): bank ready about 2.5 minutes after call 1 (half the paths, the compile once each); bench_trials about 11 minutes (setup 1:
 # one worker, 12 trials, the first group compiling cold; setup 2: two workers, 24 trials, from the warm cache);
 # then, with 8 minutes or more left, PD with the x distance: 12 screen trials (3 rounds of 150 updates), then the
 # best a and both baselines at 1,000 updates a round on seeds 1000-1002, two workers, as far as the time goes.
@@ -31,7 +32,7 @@ T="--preset fmnist-gpu --length full --k 2 3 4 6 8 --students-per-worker 3"
 PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 12 --confirm-top 1 --confirm-seeds 3"
 D=/tmp/bd/out
 mkdir -p $D/pdx $D/final
-bash scripts/gpu/bg.sh wait bank 900
+bash scripts/gpu/bg.sh wait b0 900; bash scripts/gpu/bg.sh wait b1 600
 echo "call-11.sh: bench_trials from $(date -u +%H:%M:%S)"
 timeout --signal=INT $(( $(lane) * 60 )) python benchmarks/bench_trials.py --no-warm-up --setup 1:cuda:0 \
   --setup 2:cuda:0,cuda:1 --trials 12 --runs-dir $D/tr --out $D/trials.json -- $T 2>&1 | tee $D/trials.log
