@@ -23,8 +23,9 @@
 #   tar -czf $OUT/tr.tgz --exclude mlartifacts -C /tmp/bd/out tr 2>/dev/null
 #   bash scripts/gpu/pack.sh /tmp/bd/runs $OUT 2>/dev/null; bash scripts/gpu/bg.sh status all
 # until /tmp/bd/out/final/runs.tgz.sha256 is there (the last call copies /tmp/bd/out/final/* instead).
-# Plan (H200 times of session 11): bank ready about 2.5 minutes after call 1 (half the paths, the compile once each); bench_trials about 11 minutes (setup 1:
-# one worker, 12 trials, the first group compiling cold; setup 2: two workers, 24 trials, from the warm cache);
+# Plan (H200 times of session 11): the bank ready about 2.5 minutes after call 1 (each GPU solves half the paths
+# and compiles once); bench_trials about 11 minutes (setup 1: one worker, 12 trials, the first group compiling
+# cold; setup 2: two workers, 24 trials, from the warm cache);
 # then, with 8 minutes or more left, PD with the x distance: 12 screen trials (3 rounds of 150 updates), then the
 # best a and both baselines at 1,000 updates a round on seeds 1000-1002, two workers, as far as the time goes.
 source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads
