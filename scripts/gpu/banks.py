@@ -5,14 +5,15 @@
         --confirm-top 5 --device cuda:1
 
 A bank needs only the teacher, so on a fresh GPU machine the banks of a campaign's seeds can be solved while
-the wheels, the data and the Inception are still being staged. ``--bank NFE:LENGTH:SEED:I/M`` solves part I of M
-of that bank (I from 1; about equal runs of paths, e.g. ``:1/2`` on cuda:0 and ``:2/2`` on cuda:1 at the same
-time); whichever part ends last joins them into the bank file itself. Start the study only after that: before
-it, a worker would solve the bank on its own. Each ``--bank NFE:LENGTH:SEED`` is one bank,
+the wheels, the data and the Inception are still being staged. Each ``--bank NFE:LENGTH:SEED`` is one bank,
 asked for exactly as a trial of the study command after ``--`` asks for it (``study.workers.Banks``: same key,
 same cache), so the study's workers load the file instead of solving it again. A bank that is in the cache is
 loaded; one that another process is solving is waited for. Give the study command's own options (``--k``,
 ``--confirm-top``, ``--paths``, ``--teacher-fp32``...): they decide the bank's key.
+
+``--bank NFE:LENGTH:SEED:I/M`` solves part I of M of that bank (I from 1; about equal runs of paths, e.g. ``:1/2``
+on cuda:0 and ``:2/2`` on cuda:1 at the same time); whichever part ends last joins them into the bank file
+itself. Start the study only after that: before it, a worker would solve the bank on its own.
 """
 
 from __future__ import annotations
