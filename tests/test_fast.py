@@ -322,6 +322,25 @@ def test_a_bank_in_host_memory_trains_a_student_on_the_gpu(gpu_teacher, tmp_path
 
 @pytest.mark.gpu
 @needs_cuda
+def test_a_bank_solved_in_parts_on_the_gpu_is_the_bank_solved_whole(gpu_teacher, tmp_path):
+    """The compiled bf16 sampler solves in batches of SAMPLE_BATCH; parts that start on a batch boundary give the
+    very rows of the bank solved whole (banks.py --bank NFE:LENGTH:SEED:I/M on several GPUs)."""
+    from bdense_core.distill import cached_trajectory_bank, sfd
+
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, branches=4)
+    n = 2500
+    assert [sfd.part_rows(n, i, 2) for i in range(2)] == [(0, 1000), (1000, 2500)]
+    whole = cached_trajectory_bank(gpu_teacher, n, cfg, seed=3, root=tmp_path / "a", k_choices=(1, 2, 4))
+    for part in (1, 0):
+        sfd.cached_bank_part(gpu_teacher, n, cfg, 3, tmp_path / "b", part, 2, k_choices=(1, 2, 4))
+    joined = cached_trajectory_bank(gpu_teacher, n, cfg, seed=3, root=tmp_path / "b", k_choices=(1, 2, 4))
+    assert joined.points == whole.points
+    assert torch.equal(joined.states.to(whole.states.device), whole.states), \
+        float((joined.states.to(whole.states.device).float() - whole.states.float()).abs().max())
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_a_host_bank_is_drawn_from_its_gpu_subset_with_the_host_paths_rows(gpu_teacher, monkeypatch, caplog):
     """A group training from a host bank gets a GPU copy of only its columns; its students draw the very rows
     of the host path (the permutations stay on the host generator), so they train as from the host draws."""
