@@ -541,14 +541,32 @@ def test_bench_trials_steady_rate_leaves_out_the_first_group_and_its_start_up():
     assert steady_rate(done[:3])["steady_trials"] == 0  # one group: no steady rate to give
 
 
-def test_a_chains_deadline_never_gives_a_study_zero_minutes():
+def test_a_chains_deadline_never_gives_a_study_zero_minutes(tmp_path):
     """scripts/gpu/deadline.sh: `timeout 0` would never stop a study, so `lane` and `left` give at least 1."""
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
     run = lambda minutes: subprocess.run(  # noqa: E731
-        ["bash", "-c", "source scripts/gpu/deadline.sh; echo $(left) $(lane) $BDENSE_NUM_THREADS"], cwd=repo,
-        env={"PATH": "/usr/bin:/bin", "MINUTES": str(minutes)}, capture_output=True, text=True, check=True).stdout.split()
+        ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; echo $(left) $(lane) $BDENSE_NUM_THREADS"], cwd=repo,
+        env={"PATH": "/usr/bin:/bin", "MINUTES": str(minutes), "BDENSE_STAGE_DIR": str(tmp_path)},
+        capture_output=True, text=True, check=True).stdout.split()
     left, lane, threads = map(int, run(26))
     assert left in (25, 26) and lane == left - 1 and threads == 2  # a minute kept for the pack after the study
     assert run(1) == ["1", "1", "2"] and run(0) == ["1", "1", "2"]
+
+
+def test_a_chain_has_the_staged_environment_whatever_started_it(tmp_path):
+    """scripts/gpu/deadline.sh sources stage.sh: a chain's Python finds the staged wheels, cache and Inception even
+    when the call that started it exported none of them (session 12: `source stage.sh | tail` lost them all)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    stage = tmp_path / "stage"
+    out = subprocess.run(
+        ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; echo $PYTHONPATH; echo $BDENSE_CACHE_DIR; "
+         "echo $BDENSE_INCEPTION"], cwd=repo,
+        env={"PATH": "/usr/bin:/bin", "MINUTES": "5", "BDENSE_STAGE_DIR": str(stage)},
+        capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].split(":")[:2] == ["/tmp/site", str(repo)]
+    assert out[1] == str(stage / "cache") and (stage / "cache").is_dir()
+    assert out[2] == str(stage / "assets" / "inception.pt")

@@ -2,7 +2,11 @@
 # Sourced by a chain (results/fmnist-campaign/call-*.sh): its deadline, MINUTES (default ${1:-26}) from now, and
 #   left   whole minutes to the deadline (at least 1)
 #   lane   a study's minutes: one less, for the pack after it (at least 1: `timeout 0` would never stop it)
-# It also sets what every chain sets: stop on Ctrl-C, 2 CPU threads a process unless set, unbuffered Python.
+# It also sets what every chain sets: stop on Ctrl-C, 2 CPU threads a process unless set, unbuffered Python, and
+# stage.sh's environment (PYTHONPATH with the staged wheels, the cache, data and Inception): a chain must not rely
+# on the call that started it having sourced stage.sh (session 12's chain inherited none, because that call ran
+# `source stage.sh | tail`, a pipeline, and its bench_trials.py stopped at `import optuna`).
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
 set -uo pipefail
 trap 'exit 130' INT
 export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2} PYTHONUNBUFFERED=1
