@@ -401,7 +401,8 @@ def _fidelity_lines(s: dict[str, Any]) -> list[str]:
     same = {True: "**the same**", False: "**not the same**", None: "n/a"}[ft["same_winner"]]
     lines.append(f"Screen winner (best K>1 by the contract): {ft['screen_winner'] or 'n/a'}"
                  f"{'' if ft['screen_winner_confirmed'] else ' (not confirmed)'}; full-length winner: "
-                 f"{ft['full_winner'] or 'n/a'}: {same}. Lowest full-length FID of all (K=1 included): "
+                 f"{ft['full_winner'] or 'n/a'}: {same}. Lowest full-length FID "
+                 f"{'of all (K=1 included)' if ft['headlines']['full']['baseline'] else '(K=1 has no full-length trial yet)'}: "
                  f"{ft['full_lowest']['config']} at {_fmt(ft['full_lowest']['mean'])} ({ft['full_lowest']['n']} seeds).")
     lines += ["", "| fidelity | K=1 baseline FID | seeds (trials) | best B-DENSE FID | seeds (trials) | best configuration "
               "| ΔFID | test | verdict |", "|---|---:|---:|---:|---:|---|---:|---|---|"]

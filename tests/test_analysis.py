@@ -620,11 +620,12 @@ SETTINGS = {"afs": True, "teacher_substeps": 4, "batch_size": 64, "lr": 1e-4, "t
             "objective": "fid", "framework": "sfd", "weights_mode": "exp", "nfe": 2}
 
 
-def confirm_study(objective: str = "fid") -> optuna.Study:
+def confirm_study(objective: str = "fid", unconfirmed: tuple = ()) -> optuna.Study:
     """A screen-then-confirm study as the new driver writes it (the contract of issue 15): one-seed screen
     trials, then the screen's top 3 configurations and both baselines re-trained at full length, one seed per
     trial, three seeds each. With ``objective="kid"`` the trials minimise a KID that orders them the other way
-    round from their FID (as a small-sample study's objective may)."""
+    round from their FID (as a small-sample study's objective may). ``unconfirmed`` names the configurations
+    ("K=1", "uniform", or an a) whose full-length trials have not run yet."""
     study = optuna.create_study(study_name="confirm")
     for k, v in {"preset": "tiny", "framework": "sfd", "nfe": 2, "fid_samples": 64, "k_choices": [1, 4],
                  "weights_mode": "exp"}.items():
@@ -648,6 +649,8 @@ def confirm_study(objective: str = "fid") -> optuna.Study:
         n = add(4, a, f, 10 + j, "search", "screen", 80)
         screen_of.setdefault(a, n)
     for rank, key in enumerate(["K=1", "uniform", 0.9, 0.7, 0.5]):
+        if key in unconfirmed:
+            continue
         a = {"K=1": 0.0, "uniform": 0.0}.get(key, key)
         k = 1 if key == "K=1" else 4
         role = {"K=1": "baseline-k1", "uniform": "baseline-uniform"}.get(key, "confirm")
@@ -824,6 +827,20 @@ def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["headline_fidelity"] == "full" and s["noise"]["screen"]["n_runs"] == 6
     assert s["noise"]["full"]["n_runs"] == 3 and s["fidelity"]["same_winner"] is False
+
+
+def test_report_says_when_k1_has_no_full_length_trial_yet(tmp_path):
+    """A confirmation stopped before its K = 1 baseline ran (the campaign's PD studies after session 12): the
+    lowest full-length FID is not 'of all, K = 1 included', and the full-length headline has no verdict."""
+    from analysis.report import make_report
+
+    make_report("confirm", confirm_study(unconfirmed=("K=1",))._storage, tmp_path / "r", log_to_mlflow=False)
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "K=1 included" not in md
+    assert "Lowest full-length FID (K=1 has no full-length trial yet): K=4, a=0.7, b=1 at 11.4 (3 seeds)" in md
+    assert re.search(r"^\| full \| n/a \| 0 \(0\) \| 11\.4 ± 0\.1 \| 3 \(3\) \| K=4, a=0\.7, b=1 \| n/a \|", md, re.M)
+    make_report("confirm", confirm_study()._storage, tmp_path / "all", log_to_mlflow=False)
+    assert "Lowest full-length FID of all (K=1 included): K=4, a=0.7, b=1" in (tmp_path / "all" / "summary.md").read_text()
 
 
 # --------------------------------------------------------------------------------------- the b question
