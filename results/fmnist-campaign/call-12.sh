@@ -6,7 +6,8 @@
 # iteration); the banks (14.1 GiB each) live in pinned host memory, and each group now copies only the points its
 # students need to its GPU (sfd.banks_for_device; session 10: host 102 ms, subset 102 ms an iteration).
 # Here first: `bash scripts/gpu/prepare.sh`, then the run folder from the published report:
-#   python -m study.rebuild results/fmnist-campaign/report-2026-11-27 --runs-dir /tmp/runs
+#   for r in report-2026-11-27 report-pd-x-2026-11-29 report-pd-state-2026-11-29; do
+#     python -m study.rebuild results/fmnist-campaign/$r --runs-dir /tmp/runs; done
 #   bash scripts/gpu/pack.sh /tmp/runs .gpu/runs
 # Call 1 (carry .gpu/p2 .gpu/runs .gpu/SHA256SUMS .gpu/pieces): the three banks on the two GPUs, seed 1002's in two
 # halves, one on each GPU after its own bank (`banks.py --bank NFE:LENGTH:SEED:I/M`; the half that ends last joins
@@ -26,17 +27,17 @@
 # Plan: the study starts once both bank jobs have ended (a worker started before seed 1002's halves are joined
 # would solve that bank on its own); each worker loads the three banks, compiles and trains (session 8's benchmark, H100: 50.8 ms an
 # iteration for three students at NFE 3, so about 80 s of training a trial), the first free worker takes the third
-# trial; then, with 8 minutes or more left, PD with the state distance on both GPUs.
+# trial; then, with 8 minutes or more left, what PD's confirmation still lacks (x on cuda:0, state on cuda:1).
 source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads
 O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
-PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 12 --confirm-top 1 --confirm-seeds 3"
+PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 0 --confirm-top 1 --confirm-seeds 3"  # screens done (session 12): the confirmation only
 D=/tmp/bd/out
 mkdir -p $D/nfe3 $D/pds $D/final
 bash scripts/gpu/bg.sh wait b0 1500; bash scripts/gpu/bg.sh wait b1 600
 BDENSE_STACKS_EVERY=60 OUT=$D/nfe3 bash scripts/gpu/study.sh "$(lane)" \
   -- $O --n-trials 0 --ablation nfe --ablation-length full --ablation-nfe 3 --workers 2 --devices cuda:0,cuda:1
 if [ "$(left)" -ge 8 ]; then
-  OUT=$D/pds bash scripts/gpu/study.sh "$(lane)" -- $PD --distance state --workers 2 --devices cuda:0,cuda:1
+  OUT=$D/pds bash scripts/gpu/study.sh "$(lane)" -- $PD --distance x --device cuda:0 --- $PD --distance state --device cuda:1
 fi
 OUT=$D/final bash scripts/gpu/study.sh 1 > /dev/null 2>&1  # the pack with every trial
 echo "call-12.sh: done at $(date -u +%H:%M:%S)"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Session 12's chain on one H200 (nvidia-h200, the only kind lent that day): issue 14's whole full-length trials an
 # hour on one GPU at their steady rate, then PD (issue 13) with both distances at once on the same GPU with what is
-# left. Session 11 (call-10.sh) measured 94.3 trials/h on one H200 over two groups of three a worker; its studies,
+# left. As it ran (log: call-13.log): the bank in 238 s; bench_trials.py stopped at once (`import optuna`: the call
+# that started the chain had run `source scripts/gpu/stage.sh 2>&1 | tail -1`, a pipeline, so the chain inherited no
+# PYTHONPATH; deadline.sh now sources stage.sh itself); PD then had 20 minutes: both screens and the best a's three
+# full-length seeds of each distance (report-pd-x-2026-11-29/, report-pd-state-2026-11-29/). Session 11 (call-10.sh) measured 94.3 trials/h on one H200 over two groups of three a worker; its studies,
 # with each trial's train_time_s and wall_time_s and the worker's pace lines, were lost with bench_trials' temporary
 # folder. Here the worker trains four groups of three (12 trials), bench_trials prints the steady rate beside the
 # span's, and the study, its worker log (pace lines; every thread's stack once a minute) and trials come back.
