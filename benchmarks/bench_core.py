@@ -184,7 +184,8 @@ def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: 
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     out = dict(workers=workers, trials=len(done), span_s=span, wall_s=wall, trials_per_hour=3600 * len(done) / span,
                mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done),
-               mean_train_s=statistics.fmean(t.user_attrs.get("train_time_s", math.nan) for t in done))
+               **{f"mean_{k}_s": statistics.fmean(t.user_attrs.get(f"{k}_time_s", math.nan) for t in done)
+                  for k in ("train", "distil", "eval")})
     out.update(steady_rate(done))
     return out
 

@@ -14,8 +14,10 @@ reported apart); ratios are against the first setup, measured in the same run on
 first group also pays its own start-up (bank loading, compiling from the warm cache, cuDNN's autotuning), so the
 steady rate is printed beside it: the trials completed after the first completion, over the time from it to the
 last (trials of one group are told together). With few trials per worker the two differ; give each setup enough
-groups (--trials) for the steady rate to rest on more than one. Each trial's training time (its
-``train_time_s``) is printed beside its wall time. ``--runs-dir`` keeps the studies (and the workers' logs, with
+groups (--trials) for the steady rate to rest on more than one. Beside each trial's wall time: its training
+loops (``train_time_s``, a group's loop counted once for each trial in it), the framework's calls they ran in
+(``distil_time_s``: set-up, compiling and handing the students back included) and scoring its students
+(``eval_time_s``: samples, FID, the sample grid); what is left is the trial's share of recording and waiting. ``--runs-dir`` keeps the studies (and the workers' logs, with
 their pace lines) after the run.
 """
 
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
             r = trials_per_hour(workers, args.trials, study_args + ["--devices", devices], runs, f"bench-setup-{i}")
             rows.append(dict(setup=f"{workers}:{devices}", **r))
             print(f"{rows[-1]['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each "
-                  f"({r['mean_train_s']:.1f} s of it training), "
+                  f"(training {r['mean_train_s']:.1f} s, in the framework's calls {r['mean_distil_s']:.1f} s, "
+                  f"scoring {r['mean_eval_s']:.1f} s), "
                   f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / rows[0]['trials_per_hour']:.2f} "
                   f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s); after the first "
                   f"completion: {r['steady_trials']} trials in {r['steady_span_s']:.0f} s = "

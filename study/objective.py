@@ -66,6 +66,9 @@ class Plan:
     error: BaseException | None = None
     tb: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    train_s: float = 0.0  # the training loops this trial's students ran in, each counted once (students train together)
+    distil_s: float = 0.0  # the framework calls those loops ran in: set-up, compiling and handing back included
+    eval_s: float = 0.0  # scoring its students: samples, FID and KID, the sample grid
 
     @property
     def may_prune(self) -> bool:
@@ -170,7 +173,15 @@ def distil(plans: list[Plan], ctx: Context) -> None:
     for members in groups.values():
         configs, banks = [m[2] for m in members], [m[3] for m in members]
         hooks = [_StepHook(p, j, ctx, dcfg.iterations) for p, j, dcfg, _ in members]
+        t0 = time.perf_counter()
         results = fw.train_many(ctx.teacher, configs, data=ctx.data, bank=banks, callbacks=hooks)
+        call_s = time.perf_counter() - t0
+        loop_s: dict[int, float] = {}  # per trial: its students' longest training loop in this call
+        for (p, _, _, _), res in zip(members, results):
+            loop_s[id(p)] = max(loop_s.get(id(p), 0.0), getattr(res, "wall_time_s", 0.0))
+        for p in {id(m[0]): m[0] for m in members}.values():
+            p.distil_s += call_s
+            p.train_s += loop_s[id(p)]
         for (p, j, dcfg, _), res in zip(members, results):
             p.run.flush()
             if isinstance(res, BaseException):
@@ -179,10 +190,12 @@ def distil(plans: list[Plan], ctx: Context) -> None:
                     p.tb = "".join(traceback.format_exception(res)) if not isinstance(res, optuna.TrialPruned) else None
                 continue
             if p.error is None:
+                t1 = time.perf_counter()
                 try:
                     p.scores.append(_evaluate(p, j, res, ctx))
                 except Exception as e:  # noqa: BLE001 - this trial fails (or is pruned); the others go on
                     p.error, p.tb = e, traceback.format_exc()
+                p.eval_s += time.perf_counter() - t1
 
 
 def _evaluate(p: Plan, j: int, result, ctx: Context) -> dict[str, float]:
@@ -207,7 +220,8 @@ def _finish(p: Plan, ctx: Context) -> float:
     final = {
         c.FID: statistics.fmean(fids), c.KID: statistics.fmean(kids), c.FID_SEEDS: fids, c.KID_SEEDS: kids,
         c.FID_STD: statistics.stdev(fids) if len(fids) > 1 else float("nan"),
-        c.WALL_TIME_S: time.perf_counter() - p.started, "train_time_s": sum(r["train_time_s"] for r in per),
+        c.WALL_TIME_S: time.perf_counter() - p.started, "train_time_s": p.train_s, "distil_time_s": p.distil_s,
+        "eval_time_s": p.eval_s,
         "samples_per_s": statistics.fmean(r["samples_per_s"] for r in per),
         "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in per),
     }

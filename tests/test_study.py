@@ -344,6 +344,12 @@ def test_nfe_ablation_runs_each_trial_at_its_own_nfe_and_seeds(tmp_path, cache_d
         assert int(run.data.params["nfe"]) == t.user_attrs["nfe"]
         config = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
         assert {d["nfe"] for d in config["distill"]} == {t.user_attrs["nfe"]}
+        # the trial's two seeds trained together: one training loop, counted once (not once per seed)
+        loops = [r["train_time_s"] for r in config["results"]]
+        u = t.user_attrs
+        assert len(loops) == 2 and loops[0] == loops[1] and u["train_time_s"] == pytest.approx(loops[0])
+        assert 0 < u["train_time_s"] <= u["distil_time_s"] and u["eval_time_s"] > 0
+        assert u["distil_time_s"] + u["eval_time_s"] <= u["wall_time_s"]
 
 
 # -- screen, then confirm ------------------------------------------------------------------------------------
