@@ -15,7 +15,8 @@ Each worker writes its log under ``RUNS/logs/``: its device and share, then a ti
 about every minute (``bdense_core.distill.Pace``: ms an iteration, the share of it the host waited for the
 device or delivered records), and any error. For a worker that is slower than it should be,
 ``BDENSE_STACKS_EVERY=SECONDS`` adds the stack of every thread of the worker to its log every that many seconds:
-what the host is doing, sampled.
+what the host is doing, sampled. A one-process study (``--workers 1``) writes its pace lines, and the stacks when
+asked, to a log of its own there too.
 """
 
 from __future__ import annotations
@@ -142,9 +143,11 @@ def run_here(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:
 
     log_dir = config.runs_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    # the pace lines a worker writes to its log (bdense_core.distill.Pace), here too: a one-process study's log
+    # the pace lines a worker writes to its log (bdense_core.distill.Pace), and the stacks BDENSE_STACKS_EVERY asks
+    # for, here too: a one-process study's log
     with open(log_dir / f"{config.study_name}-process-{os.getpid()}.log", "a", buffering=1) as log:
         stop = pace_lines(log)
+        stop_stacks = stacks_as_asked(log)
         try:
             ctx = build_context(config, study, stores, reporter)
             tracker = ctx.tracker
@@ -154,6 +157,7 @@ def run_here(config, study, n_trials: int, stores, reporter) -> tuple[int, Any]:
                     reporter.loop = loop
                 tally = loop.run(n_trials, config.timeout)
         finally:
+            stop_stacks()
             stop()
     if tally.stopped_by_failures:
         print(f"bdense-study: error: {tally.by_state['FAIL'][-1:]} and the trials before it failed in a row; "
@@ -200,6 +204,11 @@ def worker_log(log) -> None:
     """Send this worker's diagnostics to its log ``log``: the training loops' pace lines (timestamped), and with
     ``BDENSE_STACKS_EVERY=SECONDS`` every thread's stack every that many seconds (:func:`sample_stacks`)."""
     pace_lines(log)
+    stacks_as_asked(log)
+
+
+def stacks_as_asked(log):
+    """:func:`sample_stacks` into ``log`` when ``BDENSE_STACKS_EVERY`` asks for it; returns a function that stops it."""
     every = os.environ.get("BDENSE_STACKS_EVERY", "")
     if every:
         try:
@@ -209,21 +218,23 @@ def worker_log(log) -> None:
         except ValueError:
             print(f"BDENSE_STACKS_EVERY={every!r} ignored: give seconds > 0", flush=True)
         else:
-            sample_stacks(log, seconds)
+            return sample_stacks(log, seconds)
+    return lambda: None
 
 
 def sample_stacks(log, every: float):
     """A daemon thread that writes the stack of every other thread of this process to ``log`` every ``every``
-    seconds, headed by the time. It reads them with ``sys._current_frames()`` while it holds the GIL
-    (``faulthandler.dump_traceback_later`` reads them without it, and crashed workers with SIGSEGV here), so a
-    sample comes late while a thread keeps the GIL: a gap between two headers says so."""
+    seconds, headed by the time; returns a function that stops it. It reads them with ``sys._current_frames()``
+    while it holds the GIL (``faulthandler.dump_traceback_later`` reads them without it, and crashed workers with
+    SIGSEGV here), so a sample comes late while a thread keeps the GIL: a gap between two headers says so."""
     import threading
     import traceback
 
+    stopped = threading.Event()
+
     def run() -> None:
         me = threading.get_ident()
-        while True:
-            time.sleep(every)
+        while not stopped.wait(every):
             names = {t.ident: t.name for t in threading.enumerate()}
             parts = [f"{time.strftime('%H:%M:%S')} stacks of pid {os.getpid()}:\n"]
             for ident, frame in sys._current_frames().items():
@@ -235,7 +246,12 @@ def sample_stacks(log, every: float):
 
     thread = threading.Thread(target=run, name="bdense-stacks", daemon=True)
     thread.start()
-    return thread
+
+    def stop() -> None:
+        stopped.set()
+        thread.join()
+
+    return stop
 
 
 def _worker_main(config, index: int, quota: int, log_path: str) -> None:

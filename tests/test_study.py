@@ -79,7 +79,7 @@ NAME = "e2e"
 def first_study(tmp_path_factory, cache_dir):
     runs = tmp_path_factory.mktemp("runs-e2e")
     start = time.monotonic()
-    proc = run_cli([*FAST, "--n-trials", "3", "--study-name", NAME], runs, cache_dir)
+    proc = run_cli([*FAST, "--n-trials", "3", "--study-name", NAME], runs, cache_dir, BDENSE_STACKS_EVERY="1")
     _check(proc)
     return runs, proc, time.monotonic() - start
 
@@ -107,6 +107,10 @@ def test_three_trial_study_is_in_both_stores(first_study):
     lines = re.findall(r"^\d\d:\d\d:\d\d SFD, 1 student at NFE 2: iteration (\d+)/\1, [\d.]+ ms an iteration ",
                        logs[0].read_text(), re.M)
     assert len(lines) == 3, logs[0].read_text()
+    # BDENSE_STACKS_EVERY=1: the main thread's stack, sampled, in the same log (the sampler stopped before it closed)
+    stacks = re.findall(r"^\d\d:\d\d:\d\d stacks of pid (\d+):\nthread MainThread", logs[0].read_text(), re.M)
+    assert stacks and logs[0].name.endswith(f"-process-{stacks[0]}.log")
+    assert "Exception in thread bdense-stacks" not in proc.stderr
 
     client = mlflow_client(runs)
     parents = runs_of(client, study, "study")

@@ -41,7 +41,7 @@ timeout --signal=INT $(( $(lane) * 60 )) python benchmarks/bench_trials.py --no-
   --setup 2:cuda:0,cuda:1 --trials 12 --runs-dir $D/tr --out $D/trials.json -- $T 2>&1 | tee $D/trials.log
 if [ "$(left)" -ge 8 ]; then
   echo "call-11.sh: PD's confirmation (x on cuda:0, state on cuda:1) from $(date -u +%H:%M:%S)"
-  OUT=$D/pdx bash scripts/gpu/study.sh "$(lane)" -- $PD --distance x --device cuda:0 --- $PD --distance state --device cuda:1
+  BDENSE_STACKS_EVERY=60 OUT=$D/pdx bash scripts/gpu/study.sh "$(lane)" -- $PD --distance x --device cuda:0 --- $PD --distance state --device cuda:1
 fi
 OUT=$D/final bash scripts/gpu/study.sh 1 > /dev/null 2>&1  # the pack of the run folder, PD's trials in it
 echo "call-11.sh: done at $(date -u +%H:%M:%S)"

@@ -31,7 +31,7 @@ PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 0 --confirm-top 1 --conf
 D=/tmp/bd/out
 mkdir -p $D/pd $D/final
 echo "call-14.sh: PD's confirmation (x and state distances) from $(date -u +%H:%M:%S)"
-OUT=$D/pd bash scripts/gpu/study.sh "$(( $(left) > 9 ? $(left) - 8 : 1 ))" -- $PD --distance x --- $PD --distance state
+BDENSE_STACKS_EVERY=60 OUT=$D/pd bash scripts/gpu/study.sh "$(( $(left) > 9 ? $(left) - 8 : 1 ))" -- $PD --distance x --- $PD --distance state
 bash scripts/gpu/bg.sh wait b0 600
 if [ "$(left)" -ge 6 ]; then
   echo "call-14.sh: bench_trials from $(date -u +%H:%M:%S)"
