@@ -111,3 +111,52 @@ def test_bad_input_is_one_line_and_status_2(exported, tmp_path):
         assert res.returncode == 2, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "new.log").exists()  # an unusable report leaves no storage behind
+
+
+# ------------------------------------------------------------------- the campaign's next chains
+CAMPAIGN = Path(__file__).resolve().parents[1] / "results" / "fmnist-campaign"
+PUBLISHED = ("report-2026-11-27", "report-pd-x-2026-11-29", "report-pd-state-2026-11-29")
+
+
+def chain_study_commands(text: str) -> list[list[str]]:
+    """The study/run.py options of every ``scripts/gpu/study.sh`` command in a chain, its variables expanded and
+    the machine's own options (--device, --devices, --workers) left out."""
+    import re
+    import shlex
+
+    variables = dict(re.findall(r'^(\w+)="([^"]*)"', text, re.M))
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if "scripts/gpu/study.sh" not in line or line.lstrip().startswith("#") or " -- " not in line:
+            continue
+        for group in re.split(r" ---? ", line.split(" -- ", 1)[1]):
+            argv = shlex.split(re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), group))
+            keep, skip = [], False
+            for a in argv:
+                if skip:
+                    skip = False
+                elif a in ("--device", "--devices", "--workers"):
+                    skip = True
+                else:
+                    keep.append(a)
+            out.append(keep)
+    return out
+
+
+@pytest.mark.parametrize("chain", ["call-11.sh", "call-12.sh", "call-14.sh"])
+def test_the_next_chains_resume_the_published_campaign_studies(chain, tmp_path, monkeypatch):
+    """A chain's study commands must resume the studies a session rebuilds from the published reports (same name,
+    same settings): a typo there would start a new study on the GPU, or stop at exit 2 there, and cost the session."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(runs))
+    for report in PUBLISHED:
+        res = _rebuild(str(CAMPAIGN / report), "--runs-dir", str(runs))
+        assert res.returncode == 0, res.stderr[-2000:]
+    storage = open_storage(f"journal:{runs / 'optuna-journal.log'}")
+    names = set(optuna.get_all_study_names(storage))
+    commands = chain_study_commands((CAMPAIGN / chain).read_text())
+    assert commands, f"{chain} runs no study"
+    for argv in commands:
+        config = parse_config(argv)
+        assert config.study_name in names, (chain, argv, config.study_name, names)
+        run.check_resume(config, storage)  # a UsageError here is the exit 2 the GPU machine would have given
