@@ -143,16 +143,22 @@ def chain_study_commands(text: str) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("chain", ["call-11.sh", "call-12.sh", "call-14.sh"])
-def test_the_next_chains_resume_the_published_campaign_studies(chain, tmp_path, monkeypatch):
-    """A chain's study commands must resume the studies a session rebuilds from the published reports (same name,
-    same settings): a typo there would start a new study on the GPU, or stop at exit 2 there, and cost the session."""
-    runs = tmp_path / "runs"
-    monkeypatch.setenv("BDENSE_RUNS_DIR", str(runs))
+@pytest.fixture(scope="module")
+def campaign_runs(tmp_path_factory) -> Path:
+    """The campaign's run folder as a session rebuilds it from the published reports."""
+    runs = tmp_path_factory.mktemp("campaign") / "runs"
     for report in PUBLISHED:
         res = _rebuild(str(CAMPAIGN / report), "--runs-dir", str(runs))
         assert res.returncode == 0, res.stderr[-2000:]
-    storage = open_storage(f"journal:{runs / 'optuna-journal.log'}")
+    return runs
+
+
+@pytest.mark.parametrize("chain", ["call-11.sh", "call-12.sh", "call-14.sh"])
+def test_the_next_chains_resume_the_published_campaign_studies(chain, campaign_runs, monkeypatch):
+    """A chain's study commands must resume the studies a session rebuilds from the published reports (same name,
+    same settings): a typo there would start a new study on the GPU, or stop at exit 2 there, and cost the session."""
+    monkeypatch.setenv("BDENSE_RUNS_DIR", str(campaign_runs))
+    storage = open_storage(f"journal:{campaign_runs / 'optuna-journal.log'}")
     names = set(optuna.get_all_study_names(storage))
     commands = chain_study_commands((CAMPAIGN / chain).read_text())
     assert commands, f"{chain} runs no study"
