@@ -17,8 +17,8 @@ last (trials of one group are told together). With few trials per worker the two
 groups (--trials) for the steady rate to rest on more than one. Beside each trial's wall time: its training
 loops (``train_time_s``, a group's loop counted once for each trial in it), the framework's calls they ran in
 (``distil_time_s``: set-up, compiling and handing the students back included) and scoring its students
-(``eval_time_s``: samples, FID, the sample grid); what is left is the trial's share of recording and waiting. ``--runs-dir`` keeps the studies (and the workers' logs, with
-their pace lines) after the run.
+(``eval_time_s``: samples, FID, the sample grid); what is left is the trial's share of recording and waiting.
+``--runs-dir`` keeps the studies (and the workers' logs, with their pace lines) after the run.
 """
 
 from __future__ import annotations

@@ -620,13 +620,14 @@ SETTINGS = {"afs": True, "teacher_substeps": 4, "batch_size": 64, "lr": 1e-4, "t
             "objective": "fid", "framework": "sfd", "weights_mode": "exp", "nfe": 2}
 
 
-def confirm_study(objective: str = "fid", unconfirmed: tuple = ()) -> optuna.Study:
+def confirm_study(objective: str = "fid", unconfirmed: tuple = (), storage=None) -> optuna.Study:
     """A screen-then-confirm study as the new driver writes it (the contract of issue 15): one-seed screen
     trials, then the screen's top 3 configurations and both baselines re-trained at full length, one seed per
     trial, three seeds each. With ``objective="kid"`` the trials minimise a KID that orders them the other way
     round from their FID (as a small-sample study's objective may). ``unconfirmed`` names the configurations
-    ("K=1", "uniform", or an a) whose full-length trials have not run yet."""
-    study = optuna.create_study(study_name="confirm")
+    ("K=1", "uniform", or an a) whose full-length trials have not run yet; ``storage`` (default: a new in-memory
+    one) is where it is written, for a caller that reads it back through a storage."""
+    study = optuna.create_study(study_name="confirm", storage=storage)
     for k, v in {"preset": "tiny", "framework": "sfd", "nfe": 2, "fid_samples": 64, "k_choices": [1, 4],
                  "weights_mode": "exp"}.items():
         study.set_user_attr(k, v)
@@ -804,8 +805,9 @@ def test_the_summary_counts_completed_trials_by_device():
 def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
     from analysis.report import make_report
 
-    study = confirm_study()
-    rep = make_report("confirm", study._storage, tmp_path / "r", log_to_mlflow=False)
+    storage = optuna.storages.InMemoryStorage()
+    confirm_study(storage=storage)
+    rep = make_report("confirm", storage, tmp_path / "r", log_to_mlflow=False)
     made = {f.name for f in rep.figures if f.made}
     assert {"ab_vs_fid", "fid_vs_k", "baseline_vs_bdense", "fidelity"} <= made
     for name in ("ab_vs_fid", "fidelity"):
@@ -834,12 +836,15 @@ def test_report_says_when_k1_has_no_full_length_trial_yet(tmp_path):
     lowest full-length FID is not 'of all, K = 1 included', and the full-length headline has no verdict."""
     from analysis.report import make_report
 
-    make_report("confirm", confirm_study(unconfirmed=("K=1",))._storage, tmp_path / "r", log_to_mlflow=False)
+    partial, whole = optuna.storages.InMemoryStorage(), optuna.storages.InMemoryStorage()
+    confirm_study(unconfirmed=("K=1",), storage=partial)
+    make_report("confirm", partial, tmp_path / "r", log_to_mlflow=False)
     md = (tmp_path / "r" / "summary.md").read_text()
     assert "K=1 included" not in md
     assert "Lowest full-length FID (K=1 has no full-length trial yet): K=4, a=0.7, b=1 at 11.4 (3 seeds)" in md
     assert re.search(r"^\| full \| n/a \| 0 \(0\) \| 11\.4 ± 0\.1 \| 3 \(3\) \| K=4, a=0\.7, b=1 \| n/a \|", md, re.M)
-    make_report("confirm", confirm_study()._storage, tmp_path / "all", log_to_mlflow=False)
+    confirm_study(storage=whole)
+    make_report("confirm", whole, tmp_path / "all", log_to_mlflow=False)
     assert "Lowest full-length FID of all (K=1 included): K=4, a=0.7, b=1" in (tmp_path / "all" / "summary.md").read_text()
 
 
