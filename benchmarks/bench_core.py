@@ -425,6 +425,7 @@ def main(argv=None) -> int:
                 step_time(teacher, configs, nbank)  # compiles this shape
                 t = step_time(teacher, configs, nbank)
                 out.setdefault("campaign_iteration_s", {})[f"nfe{nfe}_n{n}"] = t
+                out.setdefault("campaign_trained_intervals", {})[f"nfe{nfe}"] = per_interval
                 row((f"{'fast' if use_fast(device, True) else 'eager'} SFD iteration as the campaign trains "
                      f"(S={cfg.teacher_substeps}, K=4): NFE {nfe}, {n} "
                      f"student{'s' if n > 1 else ''}", f"{1e3 * t:.2f} ms = {1e3 * t / (n * per_interval):.2f} ms per "
