@@ -68,22 +68,28 @@ class Loop:
         self.tally = Tally()
 
     def _ask(self, budget: int) -> list[optuna.Trial]:
-        """Trials that train together: at most ``students_per_worker`` students (at least one trial)."""
+        """Trials that train together: at most ``students_per_worker`` students (at least one trial).
+
+        The group is built in ``self.running`` itself and a trial moves between it and ``self.pending`` by adding
+        before removing, so a Ctrl-C that lands while a trial is asked for or labelled finds it held, and
+        ``abandon`` fails it (session 12's interrupted PD study left such a trial RUNNING in the store)."""
         room = self.ctx.config.students_per_worker
-        group: list[optuna.Trial] = []
+        group = self.running = []
         while len(group) < budget and sum(_students(t, self.ctx) for t in group) < room:
             if self.pending:
-                trial = self.pending.pop(0)
+                group.append(self.pending[0])
+                self.pending.pop(0)
             else:
-                trial = self.study.ask()
-                self.beats.add(trial.number)
+                group.append(self.study.ask())
+                self.beats.add(group[-1].number)
                 for key, value in {**owner_attrs(), c.DEVICE: device_label(self.ctx.teacher.device)}.items():
-                    trial.set_user_attr(key, value)
-            if group and (_group_key(trial, self.ctx) != _group_key(group[0], self.ctx)
-                          or sum(_students(t, self.ctx) for t in group) + _students(trial, self.ctx) > room):
+                    group[-1].set_user_attr(key, value)
+            trial = group[-1]
+            if len(group) > 1 and (_group_key(trial, self.ctx) != _group_key(group[0], self.ctx)
+                                   or sum(_students(t, self.ctx) for t in group) > room):
                 self.pending.append(trial)
+                group.pop()
                 break
-            group.append(trial)
         return group
 
     def _tell(self, o: Outcome) -> None:
@@ -142,7 +148,8 @@ class Loop:
 
     def abandon(self, reason: str) -> None:
         """Fail the trials this process holds (running or asked for but not started) and close their runs."""
-        held, self.running, self.pending = self.running + self.pending, [], []
+        held = list({t.number: t for t in self.running + self.pending}.values())  # one trial may be in both
+        self.running, self.pending = [], []
         for trial in held:
             run_id = trial.user_attrs.get(c.MLFLOW_RUN_ID)
             if set_fail_reason(self.storage, self.study, trial.number, reason):  # False: finished meanwhile

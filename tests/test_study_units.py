@@ -280,3 +280,42 @@ def test_teacher_fp32_is_a_recorded_setting_of_sfd_studies(runs):
     assert teacher_paths_label(plain) == "seed bank" and teacher_paths_label(fp32) == "seed bank, teacher in fp32"
     with pytest.raises(UsageError, match="--teacher-fp32 applies to --framework sfd only"):
         parse_config(["--preset", "tiny", "--framework", "pd", "--teacher-fp32"])
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_ctrl_c_while_a_trial_is_asked_for_fails_that_trial(runs, tmp_path, monkeypatch, queued):
+    """A Ctrl-C that lands after Optuna has made a trial RUNNING but before the loop has labelled it (owner,
+    device): the loop still holds the trial, fails it with the reason and lets the interrupt go on. (A trial
+    left RUNNING by an interrupted process is what session 12's PD study brought back.) ``queued``: the trial
+    comes from the queue the confirmation fills (enqueue_trial), as the PD confirmation's did."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+
+    import study.loop as loop_module
+    from study.loop import Loop
+    from study.objective import Context
+    from study.storage import open_study_storage, record_heartbeats
+
+    storage, _ = open_study_storage(f"journal:{tmp_path / 'j.log'}", "intr")
+    study = optuna.load_study(study_name="intr", storage=storage)
+    if queued:
+        study.enqueue_trial({"k": 1}, user_attrs={"role": "confirm"})
+        study.enqueue_trial({"k": 1})  # a second trial the interrupt must not touch
+
+    def interrupted_here():
+        signal.raise_signal(signal.SIGINT)  # Python's own handler turns it into KeyboardInterrupt, as in a study
+
+    monkeypatch.setattr(loop_module, "owner_attrs", interrupted_here)
+    cfg = parse_config(["--preset", "tiny", "--device", "cpu"])
+    ctx = Context(config=cfg, teacher=SimpleNamespace(device=torch.device("cpu")), evaluator=None, tracker=None,
+                  parent_run_id="", paths=lambda *a: None)
+    with record_heartbeats(storage, study) as beats:
+        loop = Loop(study, ctx, storage, beats)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(1)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.WAITING] * queued
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert loop.tally.by_state["FAIL"] == [0] and not loop.running and not loop.pending
