@@ -46,7 +46,10 @@ pids=(); i=0
 for g in "${groups[@]}"; do
   i=$((i + 1))
   echo "study.sh: [$i] python study/run.py --runs-dir $RUNS$g"
-  eval "exec timeout --signal=INT --kill-after=60 $((MINUTES * 60)) python study/run.py --runs-dir $RUNS $g" \
+  # --preserve-status: "study.sh: exit N" is the study's own status (130: it stopped cleanly on the signal; 137: it
+  # was still running 60 s after it and was killed), not timeout's 124 for both (session 12 could not tell how its
+  # PD study that left a trial RUNNING had ended)
+  eval "exec timeout --preserve-status --signal=INT --kill-after=60 $((MINUTES * 60)) python study/run.py --runs-dir $RUNS $g" \
     > "$OUT/study-$i.log" 2>&1 &
   pids+=($!)
 done
