@@ -491,9 +491,15 @@ def _rounds_lines(s: dict[str, Any]) -> list[str]:
     if not s.get("rounds"):
         return []
     lines = ["", "## Progressive distillation: FID after every round", "",
-             "| configuration | NFE | fidelity | round | FID | trials |", "|---|---:|---|---:|---:|---:|"]
+             "Each configuration's FID after each round, pooled by seed as the headline pools final FIDs (mean ± "
+             "s.d. over seeds); every K>1 configuration against K=1 after the same round at the same NFE and "
+             "fidelity by the contract's test, Bonferroni over the K>1 configurations that reached that round.", "",
+             "| configuration | NFE | fidelity | round | FID | seeds (trials) | against K=1 after this round |",
+             "|---|---:|---|---:|---:|---:|---|"]
     for r in s["rounds"]:
-        lines.append(f"| {r['config']} | {r['nfe']} | {r['fidelity']} | {r['round']} | {_mean_sd(r)} | {r['n']} |")
+        trials = r.get("trials", r["n"])
+        lines.append(f"| {r['config']} | {r['nfe']} | {r['fidelity']} | {r['round']} | {_mean_sd(r)} | "
+                     f"{r['n']} ({trials}) | {r.get('verdict') or 'n/a'} |")
     if s.get("rounds_settings"):
         lines += ["", f"Training: {s['rounds_settings']}."]
     return lines

@@ -349,29 +349,65 @@ def uniform_baseline(trials: pd.DataFrame, fidelity: str | None = None) -> list[
     return out
 
 
+def _round_record(rec: dict, i: int) -> dict | None:
+    """Trial ``rec`` as if its FID were the one after round ``i + 1`` (None when it has no such round): each
+    seed's value from ``fid_rounds_seeds`` where the trial recorded it, else the trial's mean as one value."""
+    fr = rec.get(C.FID_ROUNDS)
+    if not isinstance(fr, (list, tuple)) or len(fr) <= i or C._num(fr[i]) is None or not math.isfinite(float(fr[i])):
+        return None
+    out = dict(rec, value=float(fr[i]), **{C.FID: float(fr[i])})
+    per, seeds = rec.get(C.FID_ROUNDS_SEEDS), rec.get(C.SEEDS)
+    if isinstance(per, (list, tuple)) and isinstance(seeds, (list, tuple)) and len(per) == len(seeds) and all(
+            isinstance(x, (list, tuple)) and len(x) > i and C._num(x[i]) is not None for x in per):
+        out[C.FID_SEEDS] = [float(x[i]) for x in per]
+    elif isinstance(seeds, (list, tuple)) and len(seeds) == 1:
+        out[C.FID_SEEDS] = [float(fr[i])]
+    else:  # several seeds, no per-seed record (trials before fid_rounds_seeds): the trial's mean counts once
+        out[C.FID_SEEDS], out[C.SEEDS] = None, None
+    return out
+
+
 def round_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Progressive distillation's FID after every round (the ``fid_rounds`` user attribute), per
-    configuration, NFE and fidelity: one row per (configuration, round) with the mean, s.d. and number of
-    trials over the trials that recorded that round. Empty when no trial recorded ``fid_rounds``."""
-    cols = ["config", "nfe", "fidelity", "round", "mean", "std", "n"]
+    """Progressive distillation's FID after every round (the ``fid_rounds`` user attribute) per configuration,
+    NFE and fidelity: one row per (configuration, round), pooled by seed as the contract pools final FIDs
+    (``study.contract.groups``: mean and s.d. over seeds, ``n`` seeds, ``trials``), with each K > 1
+    configuration against K = 1 after the same round at the same NFE and fidelity (``contract.versus_baseline``:
+    Bonferroni over the K > 1 configurations that reached that round) in ``verdict``. Empty when no trial
+    recorded ``fid_rounds``."""
+    cols = ["config", "nfe", "fidelity", "round", "mean", "std", "n", "trials", "verdict", "p", "direction"]
     if C.FID_ROUNDS not in trials:
         return pd.DataFrame(columns=cols)
     default = main_nfe(trials)
-    by: dict[tuple, list[list[float]]] = {}
-    for _, r in completed(trials).iterrows():
-        fr = r.get(C.FID_ROUNDS)
-        if not isinstance(fr, (list, tuple)) or not fr:
-            continue
-        rec = r.to_dict()
-        key = (C.describe_config(C.config_key(rec)), C.nfe_of(rec, default), C.fidelity_of(rec))
-        by.setdefault(key, []).append([float(v) if C._num(v) is not None else float("nan") for v in fr])
-    rows = []
-    for (cfg, nfe, fid), lists in by.items():
-        for i in range(max(len(x) for x in lists)):
-            v = np.array([x[i] for x in lists if len(x) > i and math.isfinite(x[i])], dtype=float)
-            if v.size:
-                rows.append({"config": cfg, "nfe": nfe, "fidelity": fid, "round": i + 1, "mean": float(v.mean()),
-                             "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"), "n": int(v.size)})
+    recs = [r.to_dict() for _, r in completed(trials).iterrows()
+            if isinstance(r.get(C.FID_ROUNDS), (list, tuple)) and len(r.get(C.FID_ROUNDS)) > 0]
+    if not recs:
+        return pd.DataFrame(columns=cols)
+    order: list[tuple] = []  # (config key, nfe, fidelity) in the order the trials first show them
+    for rec in recs:
+        k = (C.config_key(rec), C.nfe_of(rec, default), C.fidelity_of(rec))
+        if k not in order:
+            order.append(k)
+    cells: dict[tuple, dict] = {}
+    for i in range(max(len(rec[C.FID_ROUNDS]) for rec in recs)):
+        at = [x for x in (_round_record(rec, i) for rec in recs) if x is not None]
+        for nfe, fid in dict.fromkeys((n, f) for _, n, f in order):
+            gs = C.groups(at, nfe=nfe, fidelity=fid, default_nfe=default)
+            vs = C.versus_baseline(gs)
+            for key, g in gs.items():
+                cmp = vs.get(key)
+                if key == (1,):
+                    verdict = "the baseline"
+                elif cmp is None:
+                    verdict = "no K=1 trial at this round"
+                else:
+                    verdict = cmp.verdict()
+                cells[(key, nfe, fid, i + 1)] = {
+                    "config": g.label, "nfe": nfe, "fidelity": fid, "round": i + 1, "mean": g.mean,
+                    "std": g.sd, "n": g.n, "trials": len(g.trials), "verdict": verdict,
+                    "p": cmp.p if cmp is not None else float("nan"), "direction": cmp.direction if cmp else ""}
+    rows = [cells[(key, nfe, fid, r)] for key, nfe, fid in order for r in range(1, 1 + max(
+        (rr for (k2, n2, f2, rr) in cells if (k2, n2, f2) == (key, nfe, fid)), default=0))
+        if (key, nfe, fid, r) in cells]
     return pd.DataFrame(rows, columns=cols)
 
 

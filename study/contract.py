@@ -91,6 +91,7 @@ BATCH_SIZE = "batch_size"
 LR = "lr"
 TEACHER_SUBSTEPS = "teacher_substeps"  # S: teacher steps per student interval
 FID_ROUNDS = "fid_rounds"  # progressive distillation: FID after each round
+FID_ROUNDS_SEEDS = "fid_rounds_seeds"  # progressive distillation: each seed's FIDs after each round (order of SEEDS)
 DISTANCE = "distance"  # progressive distillation: "x" or "state"
 # the training settings every table states (read from the trials; the study's attribute where a trial lacks one)
 SETTINGS = (ITERATIONS, SEEDS, AFS, TEACHER_SUBSTEPS, BATCH_SIZE, LR, TEACHER_PATHS)

@@ -62,7 +62,7 @@ class Plan:
     length: str
     run: TrialRun | None = None
     scores: list[dict[str, float]] = field(default_factory=list)
-    rounds: dict[int, list[float]] = field(default_factory=dict)  # progressive distillation: round -> FID per seed
+    rounds: dict[int, dict[int, float]] = field(default_factory=dict)  # progressive distillation: round -> seed -> FID
     error: BaseException | None = None
     tb: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -121,7 +121,7 @@ class _StepHook:
         seed = self.p.seeds[self.j]
         scores = evaluate(result, self.ctx.evaluator, self.ctx.config.preset.fid_samples, seed=EVAL_SEED + seed,
                           batch_size=self.ctx.config.preset.eval_batch)
-        self.p.rounds.setdefault(round_index, []).append(float(scores["fid"]))
+        self.p.rounds.setdefault(round_index, {})[seed] = float(scores["fid"])
         self.p.run.log_round(seed, round_index, student_steps, float(scores["fid"]), float(scores["kid"]))
 
 
@@ -225,8 +225,10 @@ def _finish(p: Plan, ctx: Context) -> float:
         "samples_per_s": statistics.fmean(r["samples_per_s"] for r in per),
         "train_images_per_s": statistics.fmean(r["train_images_per_s"] for r in per),
     }
-    if p.rounds:  # progressive distillation: FID after round 1, 2, ... (mean over the trial's seeds)
-        final[c.FID_ROUNDS] = [statistics.fmean(p.rounds[r]) for r in sorted(p.rounds)]
+    if p.rounds:  # progressive distillation: FID after round 1, 2, ... (mean over the trial's seeds), and each seed's
+        rounds = sorted(p.rounds)
+        final[c.FID_ROUNDS] = [statistics.fmean(p.rounds[r].values()) for r in rounds]
+        final[c.FID_ROUNDS_SEEDS] = [[p.rounds[r].get(s) for r in rounds] for s in p.seeds]
     for key, value in final.items():
         trial.set_user_attr(key, value)
     value = final[c.FID] if cfg.objective == "fid" else final[c.KID]

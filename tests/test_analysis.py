@@ -598,7 +598,7 @@ def test_report_on_a_real_tiny_study(tmp_path):
     proc = _run_report("--study", "it", "--storage", storage, "--tracking-uri", mlflow_uri, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     s = json.loads((out / "summary.json").read_text())
-    study = optuna.load_study(study_name="it", storage=load_study(storage, "it")._storage)
+    study = optuna.load_study(study_name="it", storage=open_storage(storage))
     assert s["n_trials"] == len(study.trials) == len(pd.read_csv(out / "trials.csv"))
     made = [n for n, f in s["figures"].items() if "png" in f]
     assert {"fid_vs_k", "baseline_vs_bdense", "optuna_history", "branch_losses"} <= set(made)
@@ -913,13 +913,63 @@ def test_settings_say_when_they_differ_and_pd_rounds():
     assert st["text"] == ("iterations DIFFERS: 150 (2 trials), 300 (1 trial); seeds 0, 1, 2 (1 per trial); "
                           "PD distance DIFFERS: state (2 trials), x (1 trial); batch 128; lr 0.0002")
     rt = summary.round_table(trials)
-    assert list(rt["round"]) == [1, 2, 3] and list(rt["n"]) == [3, 3, 2]
+    assert list(rt["round"]) == [1, 2, 3] and list(rt["n"]) == [3, 3, 2] and list(rt["trials"]) == [3, 3, 2]
+    assert set(rt["verdict"]) == {"no K=1 trial at this round"}
     assert list(rt["mean"]) == pytest.approx([30.0, 20.0, 10.5]) and rt["std"].iloc[2] == pytest.approx(math.sqrt(0.5))
     from analysis.report import build_summary, render_markdown
 
     md = render_markdown(build_summary("pd", "mem", trials, None, "n/a", 15), [])
     assert "## Progressive distillation: FID after every round" in md
-    assert "| K=2, a=0, b=1 | 2 | screen | 3 | 10.5 ± 0.707 | 2 |" in md and f"Training: {st['text']}." in md
+    assert "| K=2, a=0, b=1 | 2 | screen | 3 | 10.5 ± 0.707 | 2 (2) | no K=1 trial at this round |" in md
+    assert f"Training: {st['text']}." in md
+
+
+def test_pd_rounds_pool_by_seed_and_judge_each_round_against_k1():
+    """Each round's table row pools seeds as the headline does (a 3-seed trial's per-seed FIDs count as 3 values;
+    an older multi-seed trial without them counts once), and each K>1 configuration is judged against K=1 after
+    the same round and at the same fidelity: Welch's t (both sides 2+ seeds) or one new seed's prediction interval,
+    Bonferroni over the K>1 configurations of that round; the screen's single runs are judged apart."""
+    from scipy import stats
+
+    study = optuna.create_study()
+    study.set_user_attr("nfe", 8)
+    k1 = {1000: [6.0, 6.4, 8.3], 1001: [6.1, 6.5, 8.1], 1002: [5.9, 6.3, 8.2]}
+    best = [[6.05, 6.45, 8.43], [6.0, 6.5, 8.05], [6.1, 6.4, 8.14]]
+    def add(params, seeds, rounds, fidelity, per_seed=None):
+        attrs = {"seeds": seeds, "role": "confirm" if fidelity == "full" else "search", "framework": "pd",
+                 "fidelity": fidelity, "nfe": 8, "fid_rounds": rounds, "fid_seeds": [rounds[-1]] * len(seeds)}
+        if per_seed is not None:
+            attrs["fid_rounds_seeds"] = per_seed
+            attrs["fid_seeds"] = [x[-1] for x in per_seed]
+        study.add_trial(create_trial(params=params, distributions=DISTS, value=rounds[-1], user_attrs=attrs))
+    for seed, rounds in k1.items():
+        add(_params(1, 0.0, 1.0), [seed], rounds, "full")
+    add(_params(2, 0.9, 0.68), [1000, 1001, 1002], list(np.mean(best, axis=0)), "full", per_seed=best)
+    add(_params(2, 0.0, 1.0), [1000, 1001], [7.0, 9.0, 12.0], "full")  # before fid_rounds_seeds: its mean, once
+    add(_params(1, 0.0, 1.0), [0], [5.67, 6.14, 8.2], "screen")
+    add(_params(2, 0.9, 0.68), [0], [5.74, 6.52, 9.15], "screen")
+    rt = summary.round_table(trials_frame(study)).set_index(["config", "fidelity", "round"])
+    assert len(rt) == 5 * 3
+
+    k1_r3 = [v[2] for v in k1.values()]
+    b = rt.loc[("K=2, a=0.9, b=0.68", "full", 3)]
+    assert (b["n"], b["trials"]) == (3, 1) and b["mean"] == pytest.approx(np.mean([x[2] for x in best]))
+    assert b["std"] == pytest.approx(np.std([x[2] for x in best], ddof=1))
+    welch = stats.ttest_ind(k1_r3, [x[2] for x in best], equal_var=False)
+    assert b["p"] == pytest.approx(welch.pvalue, rel=1e-6)
+    assert b["verdict"].startswith("no difference beyond noise") and "2 comparisons" in b["verdict"]
+
+    u = rt.loc[("K=2, a=0, b=1", "full", 1)]
+    assert (u["n"], u["trials"], u["mean"]) == (1, 1, 7.0)
+    k1_r1 = [v[0] for v in k1.values()]
+    t = (np.mean(k1_r1) - 7.0) / (np.std(k1_r1, ddof=1) * math.sqrt(1 + 1 / 3))
+    assert u["p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2), rel=1e-6)
+    assert u["p"] < 0.05 / 2 and u["direction"] == "higher" and u["verdict"].startswith("B-DENSE hurts")
+
+    base = rt.loc[("K=1", "full", 2)]
+    assert (base["n"], base["verdict"]) == (3, "the baseline") and base["mean"] == pytest.approx(6.4)
+    screen = rt.loc[("K=2, a=0.9, b=0.68", "screen", 3)]
+    assert screen["n"] == 1 and screen["verdict"] == "B-DENSE higher by 0.95 FID; no spread to judge it by"
 
 
 def test_compare_gives_each_nfes_change_and_names_what_else_differs(capsys):

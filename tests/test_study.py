@@ -356,6 +356,33 @@ def test_nfe_ablation_runs_each_trial_at_its_own_nfe_and_seeds(tmp_path, cache_d
         assert u["distil_time_s"] + u["eval_time_s"] <= u["wall_time_s"]
 
 
+def test_a_pd_study_records_each_seeds_fid_after_every_round(tmp_path, cache_dir):
+    """A PD trial of two seeds keeps each seed's FID after every round (``fid_rounds_seeds``) beside their mean
+    (``fid_rounds``), and the report's round table pools them by seed and judges K=2 against K=1 per round."""
+    import math
+
+    from analysis.load import trials_frame
+    from analysis.summary import round_table
+
+    runs = tmp_path / "runs"
+    _check(run_cli(FAST + ["--study-name", "pd", "--framework", "pd", "--k", "2", "--n-trials", "2",
+                           "--seeds-per-trial", "2"], runs, cache_dir))
+    study = load(runs, "pd")
+    trials = study.get_trials(states=[TrialState.COMPLETE])
+    assert sorted(t.user_attrs["role"] for t in trials) == ["baseline-k1", "baseline-uniform"]
+    for t in trials:
+        u = t.user_attrs
+        per, rounds = u["fid_rounds_seeds"], u["fid_rounds"]
+        assert len(u["seeds"]) == len(per) == 2 and all(len(x) == len(rounds) == 2 for x in per)
+        assert rounds == pytest.approx([(a + b) / 2 for a, b in zip(*per)])
+        assert per[0] != per[1] and all(math.isfinite(v) and v > 0 for x in per for v in x)
+    rt = round_table(trials_frame(study))
+    assert list(rt["round"]) == [1, 2, 1, 2] and list(rt["n"]) == [2, 2, 2, 2] and list(rt["trials"]) == [1, 1, 1, 1]
+    k1 = next(t for t in trials if t.user_attrs["role"] == "baseline-k1").user_attrs["fid_rounds_seeds"]
+    assert rt["mean"].iloc[1] == pytest.approx((k1[0][1] + k1[1][1]) / 2)
+    assert rt["verdict"].iloc[0] == "the baseline" and "1 comparison" in rt["verdict"].iloc[3]
+
+
 # -- screen, then confirm ------------------------------------------------------------------------------------
 def test_screen_then_confirm_runs_each_configuration_at_full_length_on_fresh_seeds(tmp_path, cache_dir):
     """``--confirm-top 1 --confirm-seeds 2``: the best screened configuration and both baselines are re-trained
