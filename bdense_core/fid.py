@@ -291,6 +291,34 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
+def frechet_distance_of_features(feats: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """:func:`frechet_distance` of the mean and covariance of ``feats`` ``[N, D]`` to ``(mu2, sigma2)``.
+
+    With N <= D images, ``tr sqrt(S1^1/2 S2 S1^1/2)`` comes from the N x N matrix ``C S2 C^T / (N - 1)`` (C: the
+    centred features, S1 = C^T C / (N - 1)), whose eigenvalues are the nonzero ones of the D x D matrix: an
+    N-image score then costs no D x D eigensolve (two of them, 2,048 x 2,048, took ~2.7 s a score on a 2-core
+    CPU). N > D: :func:`frechet_distance` of :meth:`FeatureStats.from_features`.
+    """
+    f = np.asarray(feats, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need features [N >= 2, D], got shape {f.shape}; score at least 2 images")
+    n, d = f.shape
+    if n > d:
+        st = FeatureStats.from_features(f)
+        return frechet_distance(st.mu, st.sigma, mu2, sigma2)
+    mu2, s2 = np.atleast_1d(np.asarray(mu2, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu2.shape != (d,) or s2.shape != (d, d):
+        raise ValueError(f"mismatched statistics: features of dimension {d} vs mu {mu2.shape}, sigma {s2.shape}")
+    if not (np.isfinite(f).all() and np.isfinite(mu2).all() and np.isfinite(s2).all()):
+        raise ValueError("statistics contain NaN or inf; the images or features behind them are broken")
+    mu1 = f.mean(axis=0)
+    c = f - mu1
+    g = c @ ((s2 + s2.T) / 2) @ c.T / (n - 1)
+    tr_covmean = np.sqrt(_drop_noise(np.linalg.eigvalsh((g + g.T) / 2))).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.einsum("ij,ij->", c, c) / (n - 1) + np.trace(s2) - 2 * tr_covmean)
+
+
 def _drop_noise(eigenvalues: np.ndarray) -> np.ndarray:
     """Eigenvalues below the solver's resolution (``d * eps * max``, as numpy's rank test) set to 0.
 
@@ -469,9 +497,8 @@ class FIDEvaluator:
             # matrix products on the CPU took ~2 minutes per 10k-sample score (4 workers x 16 BLAS threads)
             return score_on_device(feats, self.reference, self.reference_features, self.extractor.device,
                                    self.kid_subsets, self.kid_subset_size, self.seed)
-        stats = FeatureStats.from_features(feats)
-        fid = frechet_distance(stats.mu, stats.sigma, self.reference.mu, self.reference.sigma)
+        fid = frechet_distance_of_features(feats, self.reference.mu, self.reference.sigma)
         kid = kernel_inception_distance(
             feats, self.reference_features, self.kid_subsets, self.kid_subset_size, seed=self.seed
         )
-        return {"fid": fid, "kid": kid, "n": stats.n}
+        return {"fid": fid, "kid": kid, "n": int(feats.shape[0])}

@@ -84,6 +84,28 @@ def test_frechet_closed_form_and_identity():
         frechet_distance(m * np.nan, s, m, s)
 
 
+@pytest.mark.parametrize("n", [2, 8, 250, 512, 700])
+def test_frechet_of_features_is_frechet_of_their_statistics(n):
+    """The N x N route of a small score (N <= D) and the D x D route (N > D) give frechet_distance of the
+    features' mean and covariance, against a full-rank reference (D = 512 here, 2,048 in FIDEvaluator)."""
+    from bdense_core.fid import frechet_distance_of_features
+
+    rng = np.random.default_rng(n)
+    d = 512
+    ref = FeatureStats.from_features(rng.standard_normal((1000, d)) @ np.diag(np.linspace(0.5, 2, d)))
+    feats = rng.standard_normal((n, d)) * 0.8 + 0.3
+    st = FeatureStats.from_features(feats)
+    want = frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma)
+    assert frechet_distance_of_features(feats, ref.mu, ref.sigma) == pytest.approx(want, rel=1e-9)
+    assert want > 100
+    same = frechet_distance_of_features(feats[:, :64], st.mu[:64], st.sigma[:64, :64])  # a set against itself
+    assert abs(same) < 1e-9 * np.trace(st.sigma[:64, :64])
+    with pytest.raises(ValueError, match="mismatched statistics"):
+        frechet_distance_of_features(feats[:, :5], ref.mu, ref.sigma)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        frechet_distance_of_features(feats * np.nan, ref.mu, ref.sigma)
+
+
 def test_kid_matches_cleanfid_when_subsets_are_whole_sets():
     rng = np.random.default_rng(1)
     f1 = rng.normal(size=(40, 32))
