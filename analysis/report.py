@@ -497,9 +497,8 @@ def _rounds_lines(s: dict[str, Any]) -> list[str]:
              "| configuration | NFE | fidelity | round | FID | seeds (trials) | against K=1 after this round |",
              "|---|---:|---|---:|---:|---:|---|"]
     for r in s["rounds"]:
-        trials = r.get("trials", r["n"])
         lines.append(f"| {r['config']} | {r['nfe']} | {r['fidelity']} | {r['round']} | {_mean_sd(r)} | "
-                     f"{r['n']} ({trials}) | {r.get('verdict') or 'n/a'} |")
+                     f"{r['n']} ({r['trials']}) | {r['verdict']} |")
     if s.get("rounds_settings"):
         lines += ["", f"Training: {s['rounds_settings']}."]
     return lines

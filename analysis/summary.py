@@ -387,10 +387,11 @@ def round_table(trials: pd.DataFrame) -> pd.DataFrame:
         k = (C.config_key(rec), C.nfe_of(rec, default), C.fidelity_of(rec))
         if k not in order:
             order.append(k)
+    settings = list(dict.fromkeys((n, f) for _, n, f in order))  # (nfe, fidelity): what a round is judged within
     cells: dict[tuple, dict] = {}
     for i in range(max(len(rec[C.FID_ROUNDS]) for rec in recs)):
         at = [x for x in (_round_record(rec, i) for rec in recs) if x is not None]
-        for nfe, fid in dict.fromkeys((n, f) for _, n, f in order):
+        for nfe, fid in settings:
             gs = C.groups(at, nfe=nfe, fidelity=fid, default_nfe=default)
             vs = C.versus_baseline(gs)
             for key, g in gs.items():
@@ -405,9 +406,7 @@ def round_table(trials: pd.DataFrame) -> pd.DataFrame:
                     "config": g.label, "nfe": nfe, "fidelity": fid, "round": i + 1, "mean": g.mean,
                     "std": g.sd, "n": g.n, "trials": len(g.trials), "verdict": verdict,
                     "p": cmp.p if cmp is not None else float("nan"), "direction": cmp.direction if cmp else ""}
-    rows = [cells[(key, nfe, fid, r)] for key, nfe, fid in order for r in range(1, 1 + max(
-        (rr for (k2, n2, f2, rr) in cells if (k2, n2, f2) == (key, nfe, fid)), default=0))
-        if (key, nfe, fid, r) in cells]
+    rows = [cells[k] for k in sorted(cells, key=lambda k: (order.index(k[:3]), k[3]))]  # by configuration, round
     return pd.DataFrame(rows, columns=cols)
 
 

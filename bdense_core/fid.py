@@ -313,7 +313,7 @@ def frechet_distance_of_features(feats: np.ndarray, mu2: np.ndarray, sigma2: np.
         raise ValueError("statistics contain NaN or inf; the images or features behind them are broken")
     mu1 = f.mean(axis=0)
     c = f - mu1
-    g = c @ ((s2 + s2.T) / 2) @ c.T / (n - 1)
+    g = c @ s2 @ c.T / (n - 1)
     tr_covmean = np.sqrt(_drop_noise(np.linalg.eigvalsh((g + g.T) / 2))).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.einsum("ij,ij->", c, c) / (n - 1) + np.trace(s2) - 2 * tr_covmean)
