@@ -63,6 +63,7 @@ class Plan:
     run: TrialRun | None = None
     scores: list[dict[str, float]] = field(default_factory=list)
     rounds: dict[int, dict[int, float]] = field(default_factory=dict)  # progressive distillation: round -> seed -> FID
+    last_round: dict[int, tuple[int, dict]] = field(default_factory=dict)  # PD: seed -> (its latest round, its scores)
     error: BaseException | None = None
     tb: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -122,6 +123,7 @@ class _StepHook:
         scores = evaluate(result, self.ctx.evaluator, self.ctx.config.preset.fid_samples, seed=EVAL_SEED + seed,
                           batch_size=self.ctx.config.preset.eval_batch)
         self.p.rounds.setdefault(round_index, {})[seed] = float(scores["fid"])
+        self.p.last_round[seed] = (round_index, scores)
         self.p.run.log_round(seed, round_index, student_steps, float(scores["fid"]), float(scores["kid"]))
 
 
@@ -199,10 +201,14 @@ def distil(plans: list[Plan], ctx: Context) -> None:
 
 
 def _evaluate(p: Plan, j: int, result, ctx: Context) -> dict[str, float]:
-    """Score one student (its seed's own sampling noise) and log its sample grid."""
+    """Score one student (its seed's own sampling noise) and log its sample grid.
+
+    A PD student was scored already, as its last round's (the same weights, steps and sampling seed)."""
     cfg, seed = ctx.config, p.seeds[j]
-    scores = evaluate(result, ctx.evaluator, cfg.preset.fid_samples, seed=EVAL_SEED + seed,
-                      batch_size=cfg.preset.eval_batch)
+    rnd, scores = p.last_round.pop(seed, (None, None))
+    if scores is None or rnd != result.config.rounds:
+        scores = evaluate(result, ctx.evaluator, cfg.preset.fid_samples, seed=EVAL_SEED + seed,
+                          batch_size=cfg.preset.eval_batch)
     if not math.isfinite(scores["fid"]):
         raise DivergenceError(f"FID of seed {seed} is {scores['fid']} (the samples are broken)")
     row = dict(seed=seed, fid=float(scores["fid"]), kid=float(scores["kid"]),

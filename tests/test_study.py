@@ -364,16 +364,26 @@ def test_a_pd_study_records_each_seeds_fid_after_every_round(tmp_path, cache_dir
     from analysis.load import trials_frame
     from analysis.summary import round_table
 
-    runs = tmp_path / "runs"
-    _check(run_cli(FAST + ["--study-name", "pd", "--framework", "pd", "--k", "2", "--n-trials", "2",
-                           "--seeds-per-trial", "2"], runs, cache_dir))
+    runs, calls = tmp_path / "runs", tmp_path / "evaluate-calls"
+    # run.py with bdense_core.evaluate.evaluate counting its calls: one FID score a seed a round, no more
+    counted = ("import importlib, runpy, sys\ne = importlib.import_module('bdense_core.evaluate')\n"
+               "def evaluate(*a, f=e.evaluate, **k):\n"
+               f"    with open({str(calls)!r}, 'a') as out: out.write('.')\n"
+               "    return f(*a, **k)\n"
+               "e.evaluate, sys.argv = evaluate, sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    _check(subprocess.run([sys.executable, "-c", counted, *RUN[1:], *FAST, "--study-name", "pd", "--framework", "pd",
+                           "--k", "2", "--n-trials", "2", "--seeds-per-trial", "2"], cwd=REPO,
+                          env=_env(runs, cache_dir), capture_output=True, text=True, timeout=600))
     study = load(runs, "pd")
     trials = study.get_trials(states=[TrialState.COMPLETE])
     assert sorted(t.user_attrs["role"] for t in trials) == ["baseline-k1", "baseline-uniform"]
+    assert len(calls.read_text()) == 2 * 2 * 2  # trials x seeds x rounds: the last round's score is the student's
     for t in trials:
         u = t.user_attrs
         per, rounds = u["fid_rounds_seeds"], u["fid_rounds"]
         assert len(u["seeds"]) == len(per) == 2 and all(len(x) == len(rounds) == 2 for x in per)
+        assert u["fid_seeds"] == [x[-1] for x in per]
         assert rounds == pytest.approx([(a + b) / 2 for a, b in zip(*per)])
         assert per[0] != per[1] and all(math.isfinite(v) and v > 0 for x in per for v in x)
     rt = round_table(trials_frame(study))
