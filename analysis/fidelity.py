@@ -31,12 +31,34 @@ def _num(x: Any) -> float | None:
     return C._num(x)
 
 
+EXACT_UP_TO = 8  # Spearman's p by every pairing up to this many configurations (8! = 40,320)
+
+
+def _spearman(x: list[float], y: list[float]) -> tuple[float, float, str]:
+    """Spearman's rho and its two-sided p: exact over every pairing of the ranks for a few configurations (the
+    t approximation that ``spearmanr`` uses says p = 0 for three in the same order, where two pairings in six
+    give |rho| = 1 by chance), the approximation beyond ``EXACT_UP_TO``."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import rankdata, spearmanr
+
+    res = spearmanr(x, y)
+    rho = float(res.statistic)
+    if len(x) > EXACT_UP_TO or not math.isfinite(rho):
+        return rho, float(res.pvalue), "t approximation"
+    rx, ry = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(y) + 1) / 2
+    pairings = np.array(list(itertools.permutations(ry)))  # every pairing of y's ranks with x's
+    rhos = pairings @ rx / (np.linalg.norm(rx) * np.linalg.norm(ry))
+    return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12)), "exact"
+
+
 def fidelity_table(trials: pd.DataFrame, nfe: int | None = None, alpha: float = 0.05) -> dict[str, Any] | None:
     """The screen-vs-full comparison at ``nfe`` (None: the study's NFE); None without full-length trials.
 
     Returns ``rows`` (per confirmed configuration, by full-length mean: ``config``, ``confirm_rank``,
     ``roles``, ``screen_trials``, ``screen_trial_fid`` (mean of those trials' FIDs), ``screen`` and ``full``
-    (:func:`analysis.summary.group_stats` rows)), ``spearman`` (``rho``, ``p``, ``n``; None below n = 3),
+    (:func:`analysis.summary.group_stats` rows)), ``spearman`` (``rho``, ``p``, ``n``, ``method``: exact up to 8 configurations; None below n = 3),
     ``screen_winner``/``full_winner`` (labels), ``same_winner``, ``full_lowest`` (the lowest full-length
     mean, K = 1 included), ``headlines`` (``screen`` and ``full``: the contract's headline dicts with
     ``verdict``) and ``settings`` (``screen`` and ``full``: the training settings of each fidelity's trials).
@@ -69,12 +91,9 @@ def fidelity_table(trials: pd.DataFrame, nfe: int | None = None, alpha: float = 
     pairs = [(r["screen"]["mean"], r["full"]["mean"]) for r in rows if r["screen"] is not None]
     spearman = None
     if len(pairs) >= 3:
-        from scipy.stats import spearmanr
-
-        res = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
-        rho, p = float(res.statistic), float(res.pvalue)
+        rho, p, method = _spearman([p[0] for p in pairs], [p[1] for p in pairs])
         spearman = {"rho": rho if math.isfinite(rho) else None, "p": p if math.isfinite(p) else None,
-                    "n": len(pairs)}
+                    "n": len(pairs), "method": method}
     h_screen = C.headline(recs, nfe=nfe, fidelity=C.SCREEN, default_nfe=default, alpha=alpha)
     h_full = C.headline(recs, nfe=nfe, fidelity=C.FULL, default_nfe=default, alpha=alpha)
     sw = h_screen.best.label if h_screen.best else None

@@ -622,7 +622,8 @@ def plot_fidelity(trials: pd.DataFrame, title: str | None = None) -> Figure:
             ax.annotate(f"{rank}{r['config']} ({f['n_seeds']} seeds)", (s["mean"], f["mean"]), xytext=(7, 5),
                         textcoords="offset points", fontsize=8, color=color)
         sp = ft["spearman"]
-        rho = (f"Spearman ρ = {sp['rho']:.2f} (n = {sp['n']}, p = {sp['p']:.2g})" if sp and sp["rho"] is not None
+        rho = (f"Spearman ρ = {sp['rho']:.2f} (n = {sp['n']}, p = {sp['p']:.2g}"
+               f"{', exact' if sp.get('method') == 'exact' else ''})" if sp and sp["rho"] is not None
                else f"Spearman ρ not computed (n = {ft['n_pairs']} < 3)")
         same = {True: "same winner", False: "the winner changes", None: "winner n/a"}[ft["same_winner"]]
         ax.set_xlabel(fid_label(trials, ", screen, pooled over its seeds ± s.d."))

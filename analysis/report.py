@@ -394,7 +394,7 @@ def _fidelity_lines(s: dict[str, Any]) -> list[str]:
     lines.append("")
     if sp and sp["rho"] is not None:
         lines.append(f"Spearman rank correlation between pooled screen FID and full-length mean FID: "
-                     f"**ρ = {sp['rho']:.3f}** over n = {sp['n']} configurations (p = {sp['p']:.2g}).")
+                     f"**ρ = {sp['rho']:.3f}** over n = {sp['n']} configurations ({_spearman_p(sp)}).")
     else:
         lines.append(f"Spearman rank correlation not computed: {ft['n_pairs']} configuration(s) with both FIDs "
                      f"(needs 3).")
@@ -612,3 +612,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _spearman_p(sp: dict) -> str:
+    """Spearman's two-sided p as the report words it: exact (every pairing) or the t approximation."""
+    if sp.get("p") is None:
+        return "p n/a"
+    how = "exact, over every pairing" if sp.get("method") == "exact" else sp.get("method", "t approximation")
+    return f"two-sided p = {sp['p']:.2g}, {how}"

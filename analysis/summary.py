@@ -406,7 +406,8 @@ def round_table(trials: pd.DataFrame) -> pd.DataFrame:
                     "config": g.label, "nfe": nfe, "fidelity": fid, "round": i + 1, "mean": g.mean,
                     "std": g.sd, "n": g.n, "trials": len(g.trials), "verdict": verdict,
                     "p": cmp.p if cmp is not None else float("nan"), "direction": cmp.direction if cmp else ""}
-    rows = [cells[k] for k in sorted(cells, key=lambda k: (order.index(k[:3]), k[3]))]  # by configuration, round
+    # each (NFE, fidelity) block: K = 1 first, then the others as the trials first show them; each by round
+    rows = [cells[k] for k in sorted(cells, key=lambda k: (settings.index(k[1:3]), k[0] != (1,), order.index(k[:3]), k[3]))]
     return pd.DataFrame(rows, columns=cols)
 
 

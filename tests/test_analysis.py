@@ -689,6 +689,9 @@ def test_fidelity_table_on_a_screen_then_confirm_study():
     d = _ranks(screen) - _ranks(full)
     assert ft["spearman"]["n"] == 5 and ft["spearman"]["rho"] == pytest.approx(1 - 6 * (d**2).sum() / (5 * 24))
     assert ft["spearman"]["rho"] == pytest.approx(0.9)
+    # its p counts pairings: of the 5! = 120, 10 give |rho| >= 0.9 (the identity and 4 adjacent swaps, each way),
+    # not the t approximation's 0.037
+    assert ft["spearman"]["method"] == "exact" and ft["spearman"]["p"] == pytest.approx(10 / 120)
     assert ft["screen_winner"] == "K=4, a=0.9, b=1" and ft["full_winner"] == "K=4, a=0.7, b=1"
     assert ft["same_winner"] is False and ft["screen_winner_confirmed"]
     full_h, screen_h = ft["headlines"]["full"], ft["headlines"]["screen"]
@@ -942,14 +945,18 @@ def test_pd_rounds_pool_by_seed_and_judge_each_round_against_k1():
             attrs["fid_rounds_seeds"] = per_seed
             attrs["fid_seeds"] = [x[-1] for x in per_seed]
         study.add_trial(create_trial(params=params, distributions=DISTS, value=rounds[-1], user_attrs=attrs))
-    for seed, rounds in k1.items():
-        add(_params(1, 0.0, 1.0), [seed], rounds, "full")
     add(_params(2, 0.9, 0.68), [1000, 1001, 1002], list(np.mean(best, axis=0)), "full", per_seed=best)
+    for seed, rounds in k1.items():  # K=1 after a K=2 trial: the table still lists it first
+        add(_params(1, 0.0, 1.0), [seed], rounds, "full")
     add(_params(2, 0.0, 1.0), [1000, 1001], [7.0, 9.0, 12.0], "full")  # before fid_rounds_seeds: its mean, once
-    add(_params(1, 0.0, 1.0), [0], [5.67, 6.14, 8.2], "screen")
     add(_params(2, 0.9, 0.68), [0], [5.74, 6.52, 9.15], "screen")
+    add(_params(1, 0.0, 1.0), [0], [5.67, 6.14, 8.2], "screen")
     rt = summary.round_table(trials_frame(study)).set_index(["config", "fidelity", "round"])
     assert len(rt) == 5 * 3
+    # each (NFE, fidelity) block: the baseline first, then the other configurations in the order trials show them
+    assert [(c, f) for c, f, r in rt.index if r == 1] == [
+        ("K=1", "full"), ("K=2, a=0.9, b=0.68", "full"), ("K=2, a=0, b=1", "full"),
+        ("K=1", "screen"), ("K=2, a=0.9, b=0.68", "screen")]
 
     k1_r3 = [v[2] for v in k1.values()]
     b = rt.loc[("K=2, a=0.9, b=0.68", "full", 3)]
