@@ -578,6 +578,14 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
     return "\n".join(lines)
 
 
+def _spearman_p(sp: dict) -> str:
+    """Spearman's two-sided p as the report words it: exact (every pairing) or the t approximation."""
+    if sp.get("p") is None:
+        return "p n/a"
+    how = "exact, over every pairing" if sp.get("method") == "exact" else sp.get("method", "t approximation")
+    return f"two-sided p = {sp['p']:.2g}, {how}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 < args.quantile <= 1:
@@ -612,11 +620,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _spearman_p(sp: dict) -> str:
-    """Spearman's two-sided p as the report words it: exact (every pairing) or the t approximation."""
-    if sp.get("p") is None:
-        return "p n/a"
-    how = "exact, over every pairing" if sp.get("method") == "exact" else sp.get("method", "t approximation")
-    return f"two-sided p = {sp['p']:.2g}, {how}"
