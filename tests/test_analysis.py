@@ -817,7 +817,7 @@ def test_report_of_a_confirm_study_has_the_fidelity_table_and_noise(tmp_path):
         _assert_image(tmp_path / "r" / f"{name}.png")
     md = (tmp_path / "r" / "summary.md").read_text()
     assert re.search(r"^\| 2 \| full \| 12\.1 ± 0\.1 \| 3 \(3\) \| 11\.4 ± 0\.1 \| 3 \(3\) \| K=4, a=0\.7, b=1 \|", md, re.M)
-    assert "## Screen vs full length (NFE=2)" in md and "**ρ = 0.900** over n = 5 configurations" in md
+    assert "## Screen vs full length (NFE=2)" in md and "**ρ = 0.900** over n = 5 configurations (two-sided p = 0.083, exact, over every pairing)" in md
     assert "full-length winner: K=4, a=0.7, b=1: **not the same**" in md
     assert re.search(r"^\| full \| 12\.1 ± 0\.1 \| 3 \(3\) \| 11\.4 ± 0\.1 \| 3 \(3\) \| K=4, a=0\.7, b=1 \|", md, re.M)
     assert re.search(r"^\| screen \| 30 ± 0\.179 \| 6 \(6\) \| 28 \| 1 \(1\) \| K=4, a=0\.9, b=1 \|", md, re.M)
