@@ -308,12 +308,20 @@ RULE = ("The study contract's rule (`study/contract.py`): a configuration is K a
         "confirmation on fresh seeds removes that.")
 
 
-def _mark(direction: str | None) -> str:
+def _mark(direction: str | None, p: float | None = 0.0) -> str:
+    """A configuration against K = 1 in a table's last column; with no p (a single run each side: no spread to
+    judge by) it says so rather than "within noise"."""
+    from .load import _finite  # the summary holds None where a NaN was
+
+    if not direction and not _finite(p):
+        return "no spread to judge it by"
     return {"lower": "▼ lower", "higher": "▲ higher"}.get(direction or "", "within noise")
 
 
 def _p(c: dict | None) -> str:
-    if not c or c.get("p") is None:
+    from .load import _finite
+
+    if not c or not _finite(c.get("p")):
         return "n/a"
     return f"{c['method']}, p = {c['p']:.2g}, {c['comparisons']} comp."
 
@@ -475,7 +483,7 @@ def _ranking_lines(s: dict[str, Any]) -> list[str]:
         c = {"method": r["method"], "p": r["p"], "comparisons": r["comparisons"]}
         lines.append(f"| {r['rank']} | {r['config']} | {_fmt(r['mean'])} | {_fmt(r['std'], 3)} | "
                      f"{r['n_seeds']} ({r['n_runs']}) | {r.get('trial_number', 'n/a')} | {_fmt(r['delta'], 3)} | "
-                     f"{_p(c)} | {_mark(r['direction'])} |")
+                     f"{_p(c)} | {_mark(r['direction'], r['p'])} |")
     shown = [r["mean"] for r in s["ranking"] if r.get("mean") is not None]
     if n and len(shown) > 1 and n["repeated_seeds"]:
         seed, rep = max(n["repeated_seeds"].items(), key=lambda kv: kv[1]["runs"])
@@ -562,7 +570,7 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
                       "|---|---:|---:|---:|---:|---|---|"]
             for r in rows:
                 c = {"method": r["method"], "p": r["p"], "comparisons": r["comparisons"]}
-                vs = _mark(r["direction"]) if r["K"] != 1 and r.get("reference") else "—"
+                vs = _mark(r["direction"], r["p"]) if r["K"] != 1 and r.get("reference") else "—"
                 lines.append(f"| {r['config']} | {r['nfe']} | {_mean_sd(r)} | {_seeds(r)} | "
                              f"{_fmt(r['delta'], 3) if r['K'] != 1 else '—'} | {_p(c) if r['K'] != 1 else '—'} | {vs} |")
             lines += ["", f"Training: {s.get('ablation_settings', {}).get(name, 'n/a')}.", ""]

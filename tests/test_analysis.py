@@ -977,6 +977,10 @@ def test_pd_rounds_pool_by_seed_and_judge_each_round_against_k1():
     assert (base["n"], base["verdict"]) == (3, "the baseline") and base["mean"] == pytest.approx(6.4)
     screen = rt.loc[("K=2, a=0.9, b=0.68", "screen", 3)]
     assert screen["n"] == 1 and screen["verdict"] == "B-DENSE higher by 0.95 FID; no spread to judge it by"
+    from analysis.report import build_summary, render_markdown  # the screen's ranking says the same, not "within noise"
+
+    md = render_markdown(build_summary("pd", "mem", trials_frame(study), None, "n/a", 15), [])
+    assert "| 1 | K=2, a=0.9, b=0.68 | 9.15 | n/a | 1 (1) | 5 | -0.95 | n/a | no spread to judge it by |" in md
 
 
 def test_compare_gives_each_nfes_change_and_names_what_else_differs(capsys):
