@@ -332,6 +332,7 @@ def test_bad_input_gets_one_line_and_status_2(tmp_path, cache_dir):
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # 77 s on the 2-core CPU (session 14's CI run); `make test-all` runs it
 def test_nfe_ablation_runs_each_trial_at_its_own_nfe_and_seeds(tmp_path, cache_dir):
     """``--ablation nfe`` enqueues K=1 and B-DENSE at NFE 2..5; the objective must honour each trial's NFE."""
     runs = tmp_path / "runs"
@@ -474,6 +475,7 @@ def test_a_stopped_confirmation_runs_its_queued_trials_when_resumed(tmp_path, ca
     assert len(full) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
 
 
+@pytest.mark.slow  # 107 s on the 2-core CPU (session 14's CI run); `make test-all` runs it
 def test_a_full_length_grid_in_a_screen_study_takes_the_confirmed_best(tmp_path, cache_dir):
     """After screen and confirmation, ``--ablation b --ablation-length full`` trains the b grid at full length in
     the same study, at the K and a of the best full-length configuration, on the confirmation's seeds."""
