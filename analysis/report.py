@@ -308,7 +308,7 @@ RULE = ("The study contract's rule (`study/contract.py`): a configuration is K a
         "confirmation on fresh seeds removes that.")
 
 
-def _mark(direction: str | None, p: float | None = 0.0) -> str:
+def _mark(direction: str | None, p: float | None) -> str:
     """A configuration against K = 1 in a table's last column; with no p (a single run each side: no spread to
     judge by) it says so rather than "within noise"."""
     from .load import _finite  # the summary holds None where a NaN was
