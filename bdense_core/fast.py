@@ -19,6 +19,7 @@ clones, so callers keep what they get.
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 
 import torch
@@ -37,9 +38,49 @@ def use_fast(device: torch.device | str, fast: bool | None = None) -> bool:
     return torch.device(device).type == "cuda" and fast is not False
 
 
+# Why this process compiles without CUDA graphs from now on (None: it has not given them up); see without_cudagraphs.
+_CUDAGRAPHS_GIVEN_UP: str | None = None
+
+# torch's CUDA-graph-tree invariant failure (pytorch/pytorch#154306, open): a graph's recorded input liveness does
+# not hold at a later replay, and torch raises instead of re-recording. Seen on H200s in PD (session 14) and in
+# SFD (session 15), each time at the start of a new engine's training.
+CUDAGRAPH_TREE_ERROR = "graph recording observed an input tensor deallocate"
+
+
 def compile_mode() -> str:
-    """torch.compile's mode for the fast path: ``reduce-overhead`` (CUDA graphs) unless BDENSE_COMPILE_MODE says."""
-    return os.environ.get("BDENSE_COMPILE_MODE", "reduce-overhead")
+    """torch.compile's mode for the fast path: ``reduce-overhead`` (CUDA graphs) unless BDENSE_COMPILE_MODE says,
+    or ``default`` (no CUDA graphs) once this process has given CUDA graphs up (:func:`without_cudagraphs`)."""
+    mode = os.environ.get("BDENSE_COMPILE_MODE", "reduce-overhead")
+    if _CUDAGRAPHS_GIVEN_UP is not None and "reduce-overhead" in mode:
+        return "default"
+    return mode
+
+
+def cudagraphs_given_up() -> str | None:
+    """Why this process stopped compiling with CUDA graphs, or None while it still does."""
+    return _CUDAGRAPHS_GIVEN_UP
+
+
+def without_cudagraphs(train, delivered) -> object:
+    """``train()``, run once more without CUDA graphs if torch's CUDA-graph trees fail in it (CUDAGRAPH_TREE_ERROR)
+    before it has delivered anything (``delivered()`` false: no record reached a callback, so a second run from
+    the start is the same training to its callers).
+
+    The process then compiles in ``default`` mode for good (every engine is keyed by :func:`compile_mode`, so new
+    ones are built: one more compilation) and says so once on stderr. Any other error, the same error in a
+    process already without CUDA graphs, or one after records went out, propagates: the trial fails as before.
+    """
+    global _CUDAGRAPHS_GIVEN_UP
+    try:
+        return train()
+    except RuntimeError as e:
+        if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode() or delivered():
+            raise
+        _CUDAGRAPHS_GIVEN_UP = f"torch's CUDA-graph trees failed ({CUDAGRAPH_TREE_ERROR}; pytorch/pytorch#154306)"
+        print(f"fast path: {_CUDAGRAPHS_GIVEN_UP}; this process trains on without CUDA graphs (compile mode "
+              "'default': Inductor's kernels launched one by one, slower); the training that failed starts again",
+              file=sys.stderr, flush=True)
+    return train()
 
 
 def force_layout_opt() -> bool:

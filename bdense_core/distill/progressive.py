@@ -66,7 +66,7 @@ from torch import nn
 
 from ..data import ImageSet
 from ..edm import karras_sigmas, sample_euler
-from ..fast import Endpoint, compile_mode, compiled, force_layout_opt, new_step, use_fast
+from ..fast import Endpoint, compile_mode, compiled, force_layout_opt, new_step, use_fast, without_cudagraphs
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
@@ -263,6 +263,16 @@ def distill_pd(
     ``round_index`` 1, 2, ..., the round's student step count and a :class:`DistillResult` of that round's
     frozen student (its ``sample()`` uses ``student_steps`` steps; its ``config.nfe`` is ``student_steps``).
     """
+    sent = []  # a record or a round reached a caller: a failed training cannot start again unseen
+
+    def told(fn):
+        return None if fn is None else lambda *a: (sent.append(True), fn(*a))[1]
+
+    return without_cudagraphs(lambda: _distill_pd(teacher, config, data, told(callback), progress, told(on_round)),
+                              lambda: bool(sent))
+
+
+def _distill_pd(teacher, config, data, callback, progress, on_round) -> DistillResult:
     device = teacher.device
     fast = use_fast(device, config.fast)
     g = generator(config.seed, device)

@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from ..edm import SOLVERS, grid_values, karras_sigmas, solve
-from ..fast import SAMPLE_BATCH, compile_mode, compiled, force_layout_opt, new_step, sampling_engine, use_fast
+from ..fast import (SAMPLE_BATCH, compile_mode, compiled, force_layout_opt, new_step, sampling_engine, use_fast,
+                    without_cudagraphs)
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
@@ -644,8 +645,14 @@ def train_sfd_many(teacher: Teacher, configs, banks=None, callbacks=None, progre
                 results[n] = e
     live = [n for n in range(len(configs)) if results[n] is None]
     if live:
-        out = _train_group(teacher, [configs[n] for n in live], [banks[n] for n in live],
-                           [callbacks[n] for n in live], progress, fast, head)
+        sent = []  # a record reached a callback: a failed group cannot start again unseen
+
+        def told(cb):
+            return None if cb is None else lambda rec: (sent.append(True), cb(rec))[1]
+
+        hooks = [told(callbacks[n]) for n in live]
+        out = without_cudagraphs(lambda: _train_group(teacher, [configs[n] for n in live], [banks[n] for n in live],
+                                                      hooks, progress, fast, head), lambda: bool(sent))
         for n, r in zip(live, out):
             results[n] = r
     return results
