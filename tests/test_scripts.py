@@ -365,6 +365,35 @@ def test_bench_core_times_the_campaigns_iteration_at_each_nfe(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_fallback_times_both_compile_modes_and_prints_each_row_as_measured(tmp_path):
+    """bench_fallback times the SFD step and the PD update in both modes (CUDA graphs, then 'default'), prints each
+    mode's row as it is measured and each ratio as without / with, and its JSON holds the same numbers. (On the
+    CPU both modes are the eager path, so no ratio is asserted.)"""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "fallback.json"
+    r = subprocess.run([sys.executable, "-u", str(repo / "benchmarks" / "bench_fallback.py"), "--quick",
+                        "--iterations", "21", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())
+    assert set(d["modes"]) == {"reduce-overhead", "default"} and d["fast"] is False
+    lines = r.stdout.splitlines()
+    for key, what in (("sfd_iteration_s", "SFD iteration"), ("pd_update_s", "PD update")):
+        a, b = d["modes"]["reduce-overhead"][key], d["modes"]["default"][key]
+        assert a > 0 and b > 0 and d[f"{key}_ratio"] == pytest.approx(b / a)
+        rows = [i for i, line in enumerate(lines) if line.lstrip().startswith(what)]
+        assert len(rows) == 3, lines  # the two modes as measured, then the ratio
+        shown = re.search(r"([\d.]+) ms / ([\d.]+) ms = x([\d.]+)", lines[rows[2]])
+        assert shown and float(shown.group(1)) == pytest.approx(1e3 * b, abs=0.006)
+        assert float(shown.group(2)) == pytest.approx(1e3 * a, abs=0.006)
+    assert [line.split("mode ")[1].split(":")[0] for line in lines if ", mode '" in line] == \
+        ["'reduce-overhead'", "'default'"] * 2
+
+
+@pytest.mark.slow
 def test_bench_gpus_times_overlapping_windows_and_tracks_every_record(tmp_path):
     """bench_gpus's side-by-side processes time windows that overlap (they wait for each other after compiling),
     and --track logs each student's every record into the phase's shared MLflow store, as a study's workers do."""
