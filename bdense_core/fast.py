@@ -10,7 +10,9 @@ networks here are small (a few million parameters at 32 px), so launch overhead,
 eager path pays: ``mode="reduce-overhead"`` (CUDA graph trees) removes it, and Inductor fuses the pointwise
 work and lays convolutions out channels_last. ``BDENSE_COMPILE_MODE`` selects another torch.compile mode
 (e.g. ``max-autotune-no-cudagraphs``) without touching the code, for diagnosis on a new machine, and
-``BDENSE_FORCE_LAYOUT_OPT=1`` forces Inductor's channels-last layout for graphs it would leave NCHW.
+``BDENSE_FORCE_LAYOUT_OPT=1`` forces Inductor's channels-last layout for graphs it would leave NCHW. Where torch's
+CUDA-graph trees fail at the start of a training (an open torch bug), :func:`without_cudagraphs` moves the process
+to ``default`` mode and trains again (the training loops of SFD and PD run inside it).
 
 A compiled graph's outputs live in memory that its next replay overwrites: everything here hands back
 clones, so callers keep what they get.
