@@ -20,9 +20,11 @@ clones, so callers keep what they get.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import weakref
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -56,6 +58,27 @@ def compile_mode() -> str:
     if _CUDAGRAPHS_GIVEN_UP is not None and "reduce-overhead" in mode:
         return "default"
     return mode
+
+
+@contextmanager
+def no_gc():
+    """Python's automatic garbage collection held off for the block (the state before it restored after).
+
+    The compiled calls and the backward passes of the training and sampling loops run inside it. CUDA-graph trees
+    record which earlier graph outputs die while a graph is being recorded and require the same at every replay
+    (else the error that :func:`without_cudagraphs` survives). A collection that the interpreter happens to start
+    during a recording can free a tensor that only a reference cycle held; a replay, which allocates far fewer
+    Python objects, then finds it alive. vLLM and Triton hold collection off during graph capture for such reasons.
+    Whether that is what triggered the error on the H200s is not shown (it cannot be reproduced on demand); the
+    window costs two interpreter calls a step, and the loops' other work (optimiser, records, callbacks) still runs
+    with collection on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def cudagraphs_given_up() -> str | None:
@@ -161,7 +184,8 @@ class SamplingEngine:
         if x.shape[0] != self.batch:
             raise ValueError(f"the compiled sampler takes batches of {self.batch}, got {x.shape[0]}; pad the batch")
         new_step()
-        return self.run(x, sigma).clone()
+        with no_gc():
+            return self.run(x, sigma).clone()
 
 
 _SAMPLERS: dict[tuple, SamplingEngine] = {}

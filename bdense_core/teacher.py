@@ -24,7 +24,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .data import DataConfig, ImageSet, load_images
 from .edm import SOLVERS, EDMConstants, EDMPrecond, edm_loss_draws, edm_loss_from, karras_sigmas, solve
-from .fast import compiled, new_step, sampling_engine, use_fast
+from .fast import compiled, new_step, no_gc, sampling_engine, use_fast
 from .networks import UNet, UNetConfig
 from .runtime import autocast, best_device, cache_dir, generator, stable_hash, to_jsonable
 
@@ -363,9 +363,10 @@ def train_teacher(
             x, rnd, unit_noise = x[mine], rnd[mine], unit_noise[mine]
         if fast:
             new_step()
-        loss = loss_of(x, rnd, unit_noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with no_gc():  # see fast.no_gc
+            loss = loss_of(x, rnd, unit_noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         if world > 1:
             _average_gradients(net_params, world)
         opt.step()

@@ -312,6 +312,72 @@ def test_pd_trains_again_without_cudagraphs_after_the_tree_error_and_not_after_a
     assert fast.compile_mode() == "reduce-overhead"
 
 
+def test_no_gc_holds_automatic_collection_off_and_restores_the_state_before():
+    import gc
+
+    from bdense_core.fast import no_gc
+
+    assert gc.isenabled()
+    with no_gc():
+        assert not gc.isenabled()
+        with no_gc():  # nested: the outer block stays without collection
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        with no_gc():
+            raise ValueError("a step that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_gc():
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
+
+
+def test_training_steps_and_their_backward_run_without_automatic_collection(teacher, monkeypatch):
+    """SFD's and PD's compiled step and its backward run inside fast.no_gc (so no garbage collection can start
+    while CUDA-graph trees record them); the loops' callbacks run with collection on, and it is on afterwards."""
+    import gc
+
+    from bdense_core.data import load_images
+    from bdense_core.distill import progressive, sfd
+
+    seen = {"step": [], "backward": [], "callback": []}
+
+    def spying(make_engine):
+        def wrapped(*args, **kw):
+            engine = make_engine(*args, **kw)
+            real = engine.step
+
+            def step(*a):
+                seen["step"].append(gc.isenabled())
+                out = real(*a)
+                loss = out[0] if isinstance(out, tuple) else out
+                loss.register_hook(lambda g: seen["backward"].append(gc.isenabled()))
+                return out
+
+            engine.step = step
+            return engine
+        return wrapped
+
+    monkeypatch.setattr(sfd, "_engine", spying(sfd._engine))
+    monkeypatch.setattr(progressive, "_engine", spying(progressive._engine))
+    train_sfd_many(teacher, [short(**kw) for kw in MIXED[:2]],
+                   callbacks=[lambda rec: seen["callback"].append(gc.isenabled())] * 2)
+    n_sfd = len(seen["step"])
+    assert n_sfd == 3 * len(short().trained_intervals())  # 3 iterations, each trained interval one step
+    cfg = replace(TINY.config("pd"), branches=2, iterations=3)
+    get_framework("pd").train(teacher, cfg, data=load_images(TINY.teacher.data),
+                              callback=lambda rec: seen["callback"].append(gc.isenabled()))
+    assert len(seen["step"]) == n_sfd + cfg.rounds * cfg.iterations
+    assert len(seen["backward"]) == len(seen["step"]) and not any(seen["step"] + seen["backward"])
+    assert len(seen["callback"]) == 2 * 3 + cfg.rounds * cfg.iterations and all(seen["callback"])
+    assert gc.isenabled()
+
+
 def test_lengths_by_name():
     assert LENGTHS == ("screen", "full")
     for preset in PRESETS.values():

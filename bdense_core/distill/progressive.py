@@ -66,7 +66,8 @@ from torch import nn
 
 from ..data import ImageSet
 from ..edm import karras_sigmas, sample_euler
-from ..fast import Endpoint, compile_mode, compiled, force_layout_opt, new_step, use_fast, without_cudagraphs
+from ..fast import (Endpoint, compile_mode, compiled, force_layout_opt, new_step, no_gc, use_fast,
+                    without_cudagraphs)
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
@@ -321,12 +322,13 @@ def _distill_pd(teacher, config, data, callback, progress, on_round) -> DistillR
                 z, t, mid, s = draw_batch(images, fine, n_student, config.batch_size, g)
                 if fast:
                     new_step()
-                per_branch = engine.step(z, t, mid, s)
-                loss = (weights * per_branch).sum()
-                if not fast:
-                    check_finite(loss, step + 1)  # eager: before a NaN can reach the weights
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                with no_gc():  # see fast.no_gc
+                    per_branch = engine.step(z, t, mid, s)
+                    loss = (weights * per_branch).sum()
+                    if not fast:
+                        check_finite(loss, step + 1)  # eager: before a NaN can reach the weights
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
                 opt.step()

@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from ..edm import SOLVERS, grid_values, karras_sigmas, solve
-from ..fast import (SAMPLE_BATCH, compile_mode, compiled, force_layout_opt, new_step, sampling_engine, use_fast,
-                    without_cudagraphs)
+from ..fast import (SAMPLE_BATCH, compile_mode, compiled, force_layout_opt, new_step, no_gc, sampling_engine,
+                    use_fast, without_cudagraphs)
 from ..networks import select_branches
 from ..runtime import autocast, generator
 from ..schedule import BranchWeights
@@ -786,8 +786,9 @@ def _train_group(teacher, configs, banks, callbacks, progress, fast, head):
                     x = afs_step(x, vals[0], vals[s])
                     continue
                 targets = states[u_of_n[:, None], :, cols[i]]  # [N, head, B, C, H, W]
-                loss, stats, x_next = engine.step(x, grid_dev[i * s], taus[i], targets, active_w, end)
-                loss.backward()
+                with no_gc():  # see fast.no_gc
+                    loss, stats, x_next = engine.step(x, grid_dev[i * s], taus[i], targets, active_w, end)
+                    loss.backward()
                 engine.opt.step()
                 engine.opt.zero_grad(set_to_none=True)
                 row += stats
