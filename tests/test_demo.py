@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from bdense_core import demo
 
 
+@pytest.mark.slow
 def test_demo_job_prints_fid_of_teacher_bdense_and_baseline(tmp_path, capsys):
     assert demo.main(["--preset", "tiny", "--k", "2", "--a", "0.5", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -447,6 +447,7 @@ def test_screen_then_confirm_runs_each_configuration_at_full_length_on_fresh_see
     assert len(load(runs, "conf").get_trials()) == len(trials)  # nothing missing: nothing queued again
 
 
+@pytest.mark.slow
 def test_a_stopped_confirmation_runs_its_queued_trials_when_resumed(tmp_path, cache_dir, monkeypatch):
     """A command stopped during the confirmation leaves its trials queued; the same command again must run them
     (it queues nothing new, so counting only what it queues would run nothing) and the new uniform baseline's."""
