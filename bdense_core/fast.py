@@ -86,26 +86,36 @@ def cudagraphs_given_up() -> str | None:
     return _CUDAGRAPHS_GIVEN_UP
 
 
-def without_cudagraphs(train, delivered) -> object:
-    """``train()``, run once more without CUDA graphs if torch's CUDA-graph trees fail in it (CUDAGRAPH_TREE_ERROR)
-    before it has delivered anything (``delivered()`` false: no record reached a callback, so a second run from
-    the start is the same training to its callers).
+def without_cudagraphs(train, callbacks):
+    """``train(hooks)``, run once more without CUDA graphs if torch's CUDA-graph trees fail in it
+    (CUDAGRAPH_TREE_ERROR) before it has delivered anything. ``hooks`` are ``callbacks`` (None stays None), each
+    noting that it was called: while none was, no record reached a caller, so a second run from the start is the
+    same training to its callers.
 
     The process then compiles in ``default`` mode for good (every engine is keyed by :func:`compile_mode`, so new
     ones are built: one more compilation) and says so once on stderr. Any other error, the same error in a
     process already without CUDA graphs, or one after records went out, propagates: the trial fails as before.
     """
     global _CUDAGRAPHS_GIVEN_UP
+    sent = []
+
+    def told(fn):
+        def hook(*args):
+            sent.append(True)
+            return fn(*args)
+        return None if fn is None else hook
+
+    hooks = [told(fn) for fn in callbacks]
     try:
-        return train()
+        return train(hooks)
     except RuntimeError as e:
-        if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode() or delivered():
+        if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode() or sent:
             raise
         _CUDAGRAPHS_GIVEN_UP = f"torch's CUDA-graph trees failed ({CUDAGRAPH_TREE_ERROR}; pytorch/pytorch#154306)"
         print(f"fast path: {_CUDAGRAPHS_GIVEN_UP}; this process trains on without CUDA graphs (compile mode "
               "'default': Inductor's kernels launched one by one, slower); the training that failed starts again",
               file=sys.stderr, flush=True)
-    return train()
+    return train(hooks)
 
 
 def force_layout_opt() -> bool:

@@ -264,13 +264,8 @@ def distill_pd(
     ``round_index`` 1, 2, ..., the round's student step count and a :class:`DistillResult` of that round's
     frozen student (its ``sample()`` uses ``student_steps`` steps; its ``config.nfe`` is ``student_steps``).
     """
-    sent = []  # a record or a round reached a caller: a failed training cannot start again unseen
-
-    def told(fn):
-        return None if fn is None else lambda *a: (sent.append(True), fn(*a))[1]
-
-    return without_cudagraphs(lambda: _distill_pd(teacher, config, data, told(callback), progress, told(on_round)),
-                              lambda: bool(sent))
+    return without_cudagraphs(lambda hooks: _distill_pd(teacher, config, data, hooks[0], progress, hooks[1]),
+                              [callback, on_round])
 
 
 def _distill_pd(teacher, config, data, callback, progress, on_round) -> DistillResult:

@@ -645,14 +645,9 @@ def train_sfd_many(teacher: Teacher, configs, banks=None, callbacks=None, progre
                 results[n] = e
     live = [n for n in range(len(configs)) if results[n] is None]
     if live:
-        sent = []  # a record reached a callback: a failed group cannot start again unseen
-
-        def told(cb):
-            return None if cb is None else lambda rec: (sent.append(True), cb(rec))[1]
-
-        hooks = [told(callbacks[n]) for n in live]
-        out = without_cudagraphs(lambda: _train_group(teacher, [configs[n] for n in live], [banks[n] for n in live],
-                                                      hooks, progress, fast, head), lambda: bool(sent))
+        out = without_cudagraphs(lambda hooks: _train_group(teacher, [configs[n] for n in live],
+                                                            [banks[n] for n in live], hooks, progress, fast, head),
+                                 [callbacks[n] for n in live])
         for n, r in zip(live, out):
             results[n] = r
     return results
