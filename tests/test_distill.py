@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,35 @@ def test_bank_keeps_only_the_branch_targets_and_is_cached(teacher, tmp_path):
     narrow = cached_trajectory_bank(teacher, 8, cfg, seed=3, root=tmp_path, k_choices=(1, 2))
     with pytest.raises(ValueError, match="no teacher state at grid point 5"):
         distill(teacher, cfg, bank=narrow)  # K = 4 needs sub-step targets a K in {1, 2} bank lacks
+
+
+def _resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from Linux's /proc")
+def test_a_cached_bank_is_mapped_from_its_file_not_read_in_whole(teacher, tmp_path):
+    """A study's worker loads its banks (14.1 GiB each at NFE 3) by mapping the file: loading costs next to no
+    resident memory (its pages come from the page cache as rows are drawn, one copy for every worker of a
+    machine), and the rows are the saved ones."""
+    from bdense_core.distill.sfd import bank_path
+
+    cfg = replace(TINY.config("sfd"), branches=4)
+    pts = needed_points(cfg, (1, 2, 4))
+    row = len(pts) * math.prod(teacher.image_shape) * 2
+    n = (256 * 2**20) // row
+    states = torch.randn(n, len(pts), *teacher.image_shape).to(torch.float16)
+    path = bank_path(teacher, n, cfg, 7, tmp_path, (1, 2, 4))
+    path.parent.mkdir(parents=True)
+    torch.save({"states": states, "grid": cfg.teacher_grid(), "points": list(pts)}, path)
+    before = _resident_bytes()
+    bank = cached_trajectory_bank(teacher, n, cfg, seed=7, root=tmp_path, k_choices=(1, 2, 4))
+    grew = _resident_bytes() - before
+    assert grew < states.nbytes / 8, (grew, states.nbytes)  # read in whole it grows by 256 MiB
+    assert bank.points == pts and torch.equal(bank.states, states)
 
 
 def test_a_bank_another_process_is_building_is_waited_for_not_built_twice(teacher, tmp_path):

@@ -27,9 +27,10 @@ Training runs N students at once (:func:`train_sfd_many`; one student is N = 1):
   records are then delivered to the callbacks in a burst and checked for NaN/inf there (DivergenceError for
   that student, whose slot stops training). A pruner thus sees a student's records up to ``log_every - 1``
   iterations late; the records themselves are the same whatever ``log_every`` is.
-- **Large banks.** A bank above :data:`BANK_GPU_BYTES` lives in pinned host memory; a group training from it
-  gets a GPU copy of only the columns its branch counts need (:func:`banks_for_device`), the same rows in the
-  same order, and draws on the host only when that copy does not fit. Several GPUs can solve one bank in parts
+- **Large banks.** A bank above :data:`BANK_GPU_BYTES` lives in host memory (mapped from its file, so the workers
+  of a machine share one copy in the page cache); a group training from it gets a GPU copy of only the columns
+  its branch counts need (:func:`banks_for_device`), the same rows in the same order, and draws on the host only
+  when that copy does not fit. Several GPUs can solve one bank in parts
   (:func:`cached_bank_part`): the parts start on noise chunks, so joined they are the bank solved whole.
 - **Fast path** (CUDA, ``SFDConfig.fast``, default on): the interval step (student forward, jumps, losses) is
   compiled with CUDA graphs under bf16 autocast, the optimiser is fused Adam, and the compiled engine is
@@ -388,7 +389,7 @@ def join_bank_parts(path, n: int, parts: int) -> str:
     return f"the {parts} parts joined into {path.name}"
 
 
-# A bank larger than this stays in (pinned) host memory and its batches are copied to the GPU as they are drawn:
+# A bank larger than this stays in host memory and its batches are copied to the GPU as they are drawn:
 # the banks of SFD's full budget (200,064 paths of 32x32, fp16, K in {1, 2, 3, 4, 6, 8} at S = 24) take 9.5 GiB at
 # NFE 2, 14.1 at NFE 3, 18.7 at NFE 4 and 23.3 at NFE 5 (so from NFE 3 on they stay on the host), and a trial of
 # three seeds holds three. A fixed size, not the free memory, decides, so a seed draws the same rows on every
@@ -403,14 +404,12 @@ def bank_device(teacher_device: torch.device | str, nbytes: int) -> torch.device
 
 
 def place_bank(bank: TrajectoryBank, device: torch.device) -> TrajectoryBank:
-    """``bank`` on ``device``; host memory is pinned when a GPU is there to copy batches to."""
-    states = bank.states.to(device)
-    if device.type == "cpu" and torch.cuda.is_available():
-        try:
-            states = states.pin_memory()
-        except RuntimeError:  # pinned memory refused: pageable copies work too, only slower
-            pass
-    return TrajectoryBank(states, bank.grid, bank.points)
+    """``bank`` on ``device``. A host bank stays in pageable memory (a loaded one mapped from its file,
+    :func:`_load_bank`), never pinned: its draws are gathered into pinned buffers (:class:`PathDraws`) and its GPU
+    subsets are copied in chunks (:func:`bank_subset`), so pinning the whole bank bought nothing but its cost
+    (session 16, one H200: a worker took 1 min 37 s from its start to its first group and was pinning its three
+    14.1 GiB NFE-3 banks when its stack was sampled 60 s in), and every worker on a machine held its own copy."""
+    return TrajectoryBank(bank.states.to(device), bank.grid, bank.points)
 
 
 # What a group of students trains on from a host bank is copied to the GPU when it fits with this much to spare:
@@ -423,8 +422,7 @@ SUBSET_GPU_SPARE = 6 * 2**30
 def bank_subset(bank: TrajectoryBank, points: tuple[int, ...], device: torch.device,
                 chunk_bytes: int = 2**30) -> TrajectoryBank:
     """The columns of ``bank`` at grid ``points`` (which must include 0), as a bank on ``device``: its rows are
-    copied in contiguous chunks of about ``chunk_bytes`` (a pinned bank's chunks go over by DMA) and the
-    columns are picked there."""
+    copied in contiguous chunks of about ``chunk_bytes`` and the columns are picked there."""
     cols = bank.columns(list(points))
     n = len(bank)
     out = torch.empty((n, len(cols), *bank.states.shape[2:]), dtype=bank.states.dtype, device=device)
@@ -468,7 +466,9 @@ def _load_bank(path, device: torch.device) -> TrajectoryBank | None:
     if not path.exists():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: a host bank's pages are read from the page cache as they are used, shared by every process that
+        # loads the same file, instead of being read and copied in whole first
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return place_bank(TrajectoryBank(saved["states"], saved["grid"], tuple(saved["points"])), device)
     except Exception:  # noqa: BLE001 - a torn file from a killed process: build it again
         return None
