@@ -4,12 +4,15 @@
 # whose three students (seeds 1000-1002) train together as one batched model, each from its own bank of 200,064
 # paths. Banks are solved from their seeds, so a trial this chain does not finish runs in a later session on the
 # same banks solved again; finished trials come back in the run folder's pack.
+# Session 16 ran it with MINUTES=25: banks 348, 298 and 283 s, K = 1 complete, uniform K = 4 stopped at iteration
+# 620 of 1,563 when the time ran out (306 s of the budget left). Next time MINUTES=27 and the rebuild from
+# report-sfd-2026-11-29 (which holds K = 1's trial): the resumed command queues the two configurations it lacks.
 # Estimate (one H200): a NFE-3 bank about 285 s (session 11: NFE 2 219 s on an H200; NFE 3/NFE 2 x1.3 on the H100s,
 # 383-388 s against 286-308 s), so the three banks one after another on the one GPU about 860 s; then each trial
 # compiles its own step (K differs) and trains 1,563 iterations of three students (H100, session 8's benchmark:
 # 50.8 ms an iteration, about 80 s).
 # Here first: `bash scripts/gpu/prepare.sh`, then the run folder from the published reports:
-#   for r in report-2026-11-27 report-pd-x-2026-11-29 report-pd-state-2026-11-29; do
+#   for r in report-sfd-2026-11-29 report-pd-x-2026-11-29 report-pd-state-2026-11-29; do
 #     python -m study.rebuild results/fmnist-campaign/$r --runs-dir /tmp/runs; done
 #   bash scripts/gpu/pack.sh /tmp/runs .gpu/runs
 # Call 1 (carry .gpu/p2 .gpu/runs .gpu/SHA256SUMS .gpu/pieces): the three banks, one after another, and the monitor:
@@ -20,7 +23,7 @@
 #     --bank 3:full:1002 -- $O --device cuda:0
 # Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5 (`source scripts/gpu/stage.sh` alone); the last one starts this
 # chain, MINUTES from the lease's budget_left_s less about three minutes:
-#   MINUTES=25 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-18.sh
+#   MINUTES=27 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-18.sh
 # Send calls 1-5 and all the waiting calls in ONE message (the machine goes back 30 s after a call ends). Each
 # waiting call (timeout_s 590) polls and brings back what stands (the finished pack once there):
 #   for i in $(seq 1 113); do [ -f /tmp/bd/out/final/runs.tgz.sha256 ] && break; sleep 5; done
