@@ -3,7 +3,7 @@
     python benchmarks/bench_bank.py [--nfe 3] [--k 6] [--students 3] [--rows 200064] [--out bank.json]   # CUDA
 
 A full-length bank past NFE 2 (SFD's 200,064 paths of the preset, S = 24, every K of a study in {1, 2, 3, 4, 6,
-8}) outgrows ``BANK_GPU_BYTES`` and lives in pinned host memory: 14.1 GiB at NFE 3. A confirmation trial trains
+8}) outgrows ``BANK_GPU_BYTES`` and lives in host memory: 14.1 GiB at NFE 3. A confirmation trial trains
 its seeds' students together, each seed from its own bank. This benchmark builds such banks (one per student,
 random values: how fast rows are drawn does not depend on them, and the teacher takes minutes to fill one), then
 trains the campaign's trial shape from them, in rounds alternating the two ways the draws can go:

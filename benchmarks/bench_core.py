@@ -12,7 +12,7 @@ weights: timing does not depend on training):
   and from a trajectory bank (student cost alone);
 - the SFD iteration from a bank (batch of the preset, S = K = 4) fast against eager (goal >= 4x), and K = 4
   against K = 1 in the fast path (goal <= 1.02; also K = 1 in the fast path's S-branch head);
-- the fast SFD iteration with its bank in pinned host memory, where a full-length bank past NFE 2 lives;
+- the fast SFD iteration with its bank in host memory, where a full-length bank past NFE 2 lives;
 - N students per process (N = 1, 2, 4, 8, 16 by default): time per step and students x iterations per second,
   to choose a preset's students per worker;
 - teacher sampling (10k images, Heun 18) and student sampling (10k at NFE 2) fast against eager (goal >= 3x),
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
         spread = max((max(v) - min(v)) / statistics.median(v) for v in rounds.values())
         out["sfd_iter_s_fast_rounds"] = rounds
         eager4 = step_time(teacher, [replace(base, branches=4)], bank)
-        # a full-length bank past NFE 2 outgrows BANK_GPU_BYTES and stays in pinned host memory: its batches are
+        # a full-length bank past NFE 2 outgrows BANK_GPU_BYTES and stays in host memory: its batches are
         # gathered on the host into pinned buffers and copied over every iteration (sfd.PathDraws)
         fast4_host = step_time(teacher, [replace(fast_base, branches=4)], place_bank(bank, torch.device("cpu")))
         out.update(sfd_iter_s_fast_K4=fast4, sfd_iter_s_fast_K1=fast1, sfd_iter_s_fast_K1_headS=fast1_wide,
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
              "K=1 in the S=4 head",
              f"{1e3 * fast4:.2f} / {1e3 * fast1:.2f} / {1e3 * fast1_wide:.2f} ms: K4/K1 = "
              f"x{fast4 / fast1:.3f}" + goal(fast4 / fast1 <= 1.02) + f" (rounds within {100 * spread:.1f} %)"))
-        row(("fast SFD iteration, K=4: bank on the GPU / in pinned host memory (full length past NFE 2)",
+        row(("fast SFD iteration, K=4: bank on the GPU / in host memory (full length past NFE 2)",
              f"{1e3 * fast4:.2f} ms / {1e3 * fast4_host:.2f} ms = x{fast4_host / fast4:.2f}"))
     else:
         row(("fast SFD iteration", "n/a: the fast path runs on CUDA only (this run: eager)"))
