@@ -20,11 +20,13 @@ clones, so callers keep what they get.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import sys
 import weakref
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -142,7 +144,54 @@ def compiled(module: nn.Module):
     """``module`` compiled for the fast path (static shapes: one graph per input shape). Shapes being static,
     cuDNN times its convolution algorithms once per shape and keeps the fastest (``cudnn.benchmark``)."""
     torch.backends.cudnn.benchmark = True
+    portable_compile_cache()
     return torch.compile(module, options=compile_options(), dynamic=False)
+
+
+# torch.compile's portable cache (torch.compiler.save_cache_artifacts / load_cache_artifacts): with
+# BDENSE_COMPILE_CACHE=DIR a process loads every DIR/*.bin into its compile caches before its first compile and, when
+# it exits, saves what it compiled or loaded into DIR/new/ (one file a process: a warm process saves again what it
+# used, so the files of one run are a complete set). The lent GPU machines start empty every session; carrying the
+# last run's DIR/new/ to the next machine's DIR spares it compiling the same graphs again. torch keys each artifact
+# by its graph, options, versions and device, so an artifact of another torch or GPU is a miss, not an error.
+COMPILE_CACHE_ENV = "BDENSE_COMPILE_CACHE"
+_COMPILE_CACHE_LOADED: list[str] | None = None  # the files this process loaded (None: not looked yet)
+
+
+def portable_compile_cache() -> list[str]:
+    """Load ``$BDENSE_COMPILE_CACHE/*.bin`` once per process (a file torch refuses: one line on stderr, its graphs
+    compile as usual) and save this process's artifacts at exit (:func:`save_compile_cache`). Returns the names
+    of the files loaded; nothing when the variable is unset."""
+    global _COMPILE_CACHE_LOADED
+    folder = os.environ.get(COMPILE_CACHE_ENV)
+    if _COMPILE_CACHE_LOADED is not None or not folder:
+        return _COMPILE_CACHE_LOADED or []
+    _COMPILE_CACHE_LOADED = []
+    for f in sorted(Path(folder).glob("*.bin")):
+        try:  # torch logs a refused file and returns None (a checksum that does not match)
+            why = None if torch.compiler.load_cache_artifacts(f.read_bytes()) is not None else "torch refused it"
+        except Exception as e:  # noqa: BLE001 - a cache is an optimisation: compile instead
+            why = f"{type(e).__name__}: {e}"
+        if why is None:
+            _COMPILE_CACHE_LOADED.append(f.name)
+        else:
+            print(f"compile cache: {f} not loaded ({why}); its graphs compile again", file=sys.stderr)
+    atexit.register(save_compile_cache, Path(folder) / "new")
+    return _COMPILE_CACHE_LOADED
+
+
+def save_compile_cache(folder) -> Path | None:
+    """This process's compile artifacts (compiled or loaded) as ``folder/<pid>.bin``; None when it has none."""
+    saved = torch.compiler.save_cache_artifacts()
+    if not saved:
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}.bin"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(saved[0])
+    os.replace(tmp, path)
+    return path
 
 
 def new_step() -> None:

@@ -566,3 +566,45 @@ def test_fast_pd_follows_the_eager_path(gpu_teacher):
     assert sum(fl) / sum(el) == pytest.approx(1, abs=0.05) and max(rel) < 0.5, rel
     fs, es = fast.sample(1000, seed=0), eager.sample(1000, seed=0, fast=False)
     assert (fs - es).abs().mean() < 0.02
+
+
+_COMPILE_ONCE = """
+import torch
+from bdense_core import fast
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 1, 3, padding=1))
+fast.compiled(net)(torch.randn(2, 1, 16, 16)).sum().backward()
+print(",".join(fast.portable_compile_cache()) or "-")
+"""
+
+
+def _compile_in_a_process(tmp_path, name: str, cache) -> tuple[str, str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}"),  # a fresh machine's caches
+           "BDENSE_COMPILE_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", _COMPILE_ONCE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()[-1], out.stderr
+
+
+def test_a_compile_cache_carried_to_a_fresh_machine_is_loaded_and_saved_again(tmp_path):
+    """BDENSE_COMPILE_CACHE: a process whose local compile caches are empty (a fresh GPU machine) loads the
+    carried DIR/*.bin before it compiles, and every process saves what it compiled or loaded into DIR/new/ at
+    exit; a file torch refuses costs one line on stderr, not the run. (What it saves in time is the GPU's to show:
+    on this CPU Inductor's C++ build of so small a net is too short a part of the first call to time reliably.)"""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    loaded, _ = _compile_in_a_process(tmp_path, "a", cache)
+    assert loaded == "-"
+    first = list((cache / "new").glob("*.bin"))
+    assert len(first) == 1 and first[0].stat().st_size > 10_000
+    first[0].rename(cache / "carried.bin")  # what the next session carries
+    (cache / "torn.bin").write_bytes(b"not an artifact")
+    loaded, err = _compile_in_a_process(tmp_path, "b", cache)
+    assert loaded == "carried.bin" and "torn.bin not loaded" in err, (loaded, err[-500:])
+    again = list((cache / "new").glob("*.bin"))
+    size = (cache / "carried.bin").stat().st_size
+    assert len(again) == 1 and abs(again[0].stat().st_size - size) < size / 10  # a warm process saves the set again

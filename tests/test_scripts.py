@@ -88,6 +88,20 @@ def test_a_checkpoint_pulled_in_pieces_is_staged_back_once_all_pieces_are_there(
     assert "fails its checksum" in run("source scripts/gpu/stage.sh")
     assert not (stage / "cache" / "teachers" / "bad").exists()
 
+    # a compile cache brought back from an earlier machine (compile.tgz of its processes' files) is staged for
+    # fast.portable_compile_cache
+    import tarfile
+
+    saved = tmp_path / "new"
+    saved.mkdir()
+    (saved / "123.bin").write_bytes(b"artifacts")
+    (work / ".gpu" / "compile").mkdir()
+    with tarfile.open(work / ".gpu" / "compile" / "compile.tgz", "w:gz") as tar:
+        tar.add(saved / "123.bin", arcname="./123.bin")
+    said = run("source scripts/gpu/stage.sh; echo $BDENSE_COMPILE_CACHE")
+    assert "compile-cache=1 file(s)" in said and said.split()[-1] == str(stage / "compile")
+    assert (stage / "compile" / "123.bin").read_bytes() == b"artifacts"
+
 
 def test_bg_stop_is_ctrl_c_for_a_study_and_study_sh_still_packs_the_run_folder(tmp_path):
     """`bg.sh stop` sends SIGINT to a job's process group; study.sh passes it on to its studies (each under
@@ -391,6 +405,30 @@ def test_bench_fallback_times_both_compile_modes_and_prints_each_row_as_measured
         assert float(shown.group(2)) == pytest.approx(1e3 * a, abs=0.006)
     assert [line.split("mode ")[1].split(":")[0] for line in lines if ", mode '" in line] == \
         ["'reduce-overhead'", "'default'"] * 2
+
+
+@pytest.mark.slow
+def test_bench_compile_cache_runs_a_cold_then_a_warm_process_and_writes_what_it_printed(tmp_path):
+    """bench_compile_cache runs two fresh processes one after the other, the second told of the first's saved
+    artifacts, and prints and writes each one's first and second sampler call. (On the CPU nothing is compiled:
+    no file is saved or loaded and no ratio is printed.)"""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cc.json"
+    r = subprocess.run([sys.executable, "-u", str(repo / "benchmarks" / "bench_compile_cache.py"), "--device", "cpu",
+                        "--preset", "cpu", "--batch", "2", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(out.read_text())
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["cold", "warm"]
+    for name, line in zip(("cold", "warm"), lines):
+        assert d[name]["loaded"] == [] and d[name]["saved_bytes"] == 0
+        assert f"first sampler call {d[name]['first_s']:.1f} s" in line and d[name]["process_s"] > d[name]["first_s"]
+    assert lines[2].startswith("CPU: the sampler runs eagerly")
 
 
 @pytest.mark.slow

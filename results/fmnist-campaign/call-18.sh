@@ -21,14 +21,19 @@
 #   bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh /tmp/bd/out/monitor 20
 #   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 3:full:1000 --bank 3:full:1001 \
 #     --bank 3:full:1002 -- $O --device cuda:0
-# Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5 (`source scripts/gpu/stage.sh` alone); the last one starts this
-# chain, MINUTES from the lease's budget_left_s less about three minutes:
+# Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5 (`source scripts/gpu/stage.sh` alone); where an earlier machine's
+# compile cache is here (.gpu/compile/compile.tgz, see stage.sh), one more call carries .gpu/compile alone. The last
+# one starts this chain, MINUTES from the lease's budget_left_s less about three minutes:
 #   MINUTES=27 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-18.sh
 # Send calls 1-5 and all the waiting calls in ONE message (the machine goes back 30 s after a call ends). Each
 # waiting call (timeout_s 590) polls and brings back what stands (the finished pack once there):
 #   for i in $(seq 1 113); do [ -f /tmp/bd/out/final/runs.tgz.sha256 ] && break; sleep 5; done
 #   if [ -f /tmp/bd/out/final/runs.tgz.sha256 ]; then cp /tmp/bd/out/final/* $OUT/; else bash scripts/gpu/pack.sh /tmp/bd/runs $OUT; fi
 #   tar -czf $OUT/logs.tgz /tmp/bd/jobs/*.log /tmp/bd/out/*/*.log /tmp/bd/out/monitor* /tmp/bd/runs/logs 2>/dev/null; bash scripts/gpu/bg.sh status all
+# and the last one also each process's compile cache, saved as it exited (in 15 MB pieces; 8 files come back at most):
+#   tar -czf /tmp/bd/compile.tgz -C /tmp/bd/compile/new . && bash scripts/gpu/bg.sh pull /tmp/bd/compile.tgz
+# Here, after it: mkdir -p .gpu/compile && cat /work/.device/N/compile.tgz.part.* > .gpu/compile/compile.tgz
+# (compile.tgz.sha256 checks it; a compile.tgz of 15 MB or less comes whole: copy it).
 source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads; stage.sh's environment
 O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 D=/tmp/bd/out

@@ -20,6 +20,16 @@ for f in SHA256SUMS pieces; do [ -f .gpu/$f ] && cp .gpu/$f $S/$f; done
 if [ ! -d $S/runs ] && ls .gpu/runs/runs.tgz.part.* >/dev/null 2>&1; then
   mkdir -p $S/parts/runs && cp .gpu/runs/runs.tgz.* $S/parts/runs/
 fi
+# torch.compile's portable cache (bdense_core.fast.portable_compile_cache): what an earlier machine's processes saved
+# into $S/compile/new, brought back as compile.tgz (`tar -czf /tmp/bd/compile.tgz -C /tmp/bd/compile/new .` and
+# `bg.sh pull` it; here, the pieces joined into .gpu/compile/compile.tgz, carried in a call of its own: the working
+# tree leaves too little room beside a p-part), is unpacked into $S/compile, whose *.bin every process loads before
+# its first compile; processes save theirs into $S/compile/new.
+mkdir -p $S/compile
+for f in .gpu/compile/*.tgz; do
+  [ -f "$f" ] && [ ! -f "$S/compile/$(basename "$f").done" ] && tar -C $S/compile -xzf "$f" && touch "$S/compile/$(basename "$f").done"
+done
+for f in .gpu/compile/*.bin; do [ -f "$f" ] && [ ! -e "$S/compile/$(basename "$f")" ] && cp "$f" $S/compile/; done
 _stage_sum() { grep " $1\$" $S/SHA256SUMS 2>/dev/null | cut -d' ' -f1; }
 for t in data whl; do
   if [ -f $S/parts/$t.tar ] && [ ! -f $S/$t.done ]; then
@@ -70,5 +80,7 @@ export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DI
 # where the Inception is or will be: a job started before its last piece came (a teacher in training) finds it
 # when it scores, and one that needs it earlier stops with a line naming this file
 export BDENSE_INCEPTION=$S/assets/inception.pt
+export BDENSE_COMPILE_CACHE=$S/compile
 echo "stage: data=$([ -f $S/data.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
-  "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")"
+  "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")" \
+  "compile-cache=$(ls $S/compile/*.bin 2>/dev/null | wc -l) file(s)"
