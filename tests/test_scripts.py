@@ -531,6 +531,11 @@ def test_pack_sh_snapshots_a_run_folder_that_studies_are_writing(tmp_path):
     assert [t.params for t in restored.trials] == [t.params for t in study.trials]
     with sqlite3.connect(back / "mlflow.db") as db:
         assert db.execute("select id from runs order by id").fetchall() == [("a",), ("b",)]
+    # a wait call before the run folder exists (study.sh restores it once the banks are solved): one line, no pack
+    said = subprocess.run(["bash", str(repo / "scripts" / "gpu" / "pack.sh"), str(tmp_path / "none"),
+                           str(tmp_path / "out2")], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and said.stdout.startswith("pack.sh: no run folder") and not said.stderr
+    assert not (tmp_path / "out2").exists()
 
 
 def test_monitor_sh_samples_gpus_cpu_and_processes_until_stopped(tmp_path):

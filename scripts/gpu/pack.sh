@@ -10,6 +10,8 @@
 # machine lost mid-session (the call cut off, 30 s idle) costs at most what ran since the last wait call.
 set -euo pipefail
 RUNS=${1:?run folder}; DEST=${2:?destination folder}
+# a wait call can come before study.sh has restored the run folder (session 16's did, while the banks were solved)
+[ -d "$RUNS" ] || { echo "pack.sh: no run folder $RUNS yet; nothing packed"; exit 0; }
 mkdir -p "$DEST"
 snap=$(mktemp -d)
 trap 'rm -rf "$snap"' EXIT
