@@ -180,6 +180,16 @@ def portable_compile_cache() -> list[str]:
     return _COMPILE_CACHE_LOADED
 
 
+def flush_compile_cache() -> Path | None:
+    """Save this process's compile artifacts now, as its exit would (:func:`portable_compile_cache`): a process that
+    ends with ``os._exit``, as a study's worker processes do, runs no exit handlers. None when there is nothing to
+    save or no cache was asked for."""
+    folder = os.environ.get(COMPILE_CACHE_ENV)
+    if _COMPILE_CACHE_LOADED is None or not folder:
+        return None
+    return save_compile_cache(Path(folder) / "new")
+
+
 def save_compile_cache(folder) -> Path | None:
     """This process's compile artifacts (compiled or loaded) as ``folder/<pid>.bin``; None when it has none."""
     saved = torch.compiler.save_cache_artifacts()

@@ -300,6 +300,12 @@ def _worker_main(config, index: int, quota: int, log_path: str) -> None:
 
             traceback.print_exc()
             code = 1
+    try:  # os._exit runs no exit handlers: the compile cache's own save among them
+        from bdense_core.fast import flush_compile_cache
+
+        flush_compile_cache()
+    except Exception as e:  # noqa: BLE001 - a cache is an optimisation; the worker's exit status is what counts
+        print(f"worker {index}: compile cache not saved ({type(e).__name__}: {e})", flush=True)
     log.flush()
     os._exit(code)
 
