@@ -160,7 +160,7 @@ _COMPILE_CACHE_LOADED: list[str] | None = None  # the files this process loaded 
 
 def portable_compile_cache() -> list[str]:
     """Load ``$BDENSE_COMPILE_CACHE/*.bin`` once per process (a file torch refuses: one line on stderr, its graphs
-    compile as usual) and save this process's artifacts at exit (:func:`save_compile_cache`). Returns the names
+    compile as usual) and save this process's artifacts at exit (:func:`flush_compile_cache`). Returns the names
     of the files loaded; nothing when the variable is unset."""
     global _COMPILE_CACHE_LOADED
     folder = os.environ.get(COMPILE_CACHE_ENV)
@@ -176,14 +176,14 @@ def portable_compile_cache() -> list[str]:
             _COMPILE_CACHE_LOADED.append(f.name)
         else:
             print(f"compile cache: {f} not loaded ({why}); its graphs compile again", file=sys.stderr)
-    atexit.register(save_compile_cache, Path(folder) / "new")
+    atexit.register(flush_compile_cache)
     return _COMPILE_CACHE_LOADED
 
 
 def flush_compile_cache() -> Path | None:
-    """Save this process's compile artifacts now, as its exit would (:func:`portable_compile_cache`): a process that
-    ends with ``os._exit``, as a study's worker processes do, runs no exit handlers. None when there is nothing to
-    save or no cache was asked for."""
+    """Save this process's compile artifacts into ``$BDENSE_COMPILE_CACHE/new/`` (:func:`save_compile_cache`): at exit,
+    and called directly by a process that ends with ``os._exit``, as a study's worker processes do (it runs no exit
+    handlers). None when there is nothing to save or no cache was asked for."""
     folder = os.environ.get(COMPILE_CACHE_ENV)
     if _COMPILE_CACHE_LOADED is None or not folder:
         return None
