@@ -14,8 +14,9 @@
 #   bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh /tmp/bd/out/monitor 20
 #   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 2:full:0:1/2 -- $T --device cuda:0
 #   bash scripts/gpu/bg.sh start b1 python scripts/gpu/banks.py --bank 2:full:0:2/2 -- $T --device cuda:1
-# Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5 (`source scripts/gpu/stage.sh` alone); the last one starts this
-# chain, MINUTES from the lease's budget_left_s less about three minutes:
+# Calls 2-6 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5, .gpu/p6 (`source scripts/gpu/stage.sh` alone; a compile cache
+# brought back, .gpu/compile, in a call of its own before call 1); the last one starts this chain, MINUTES from the
+# lease's budget_left_s less about three minutes:
 #   MINUTES=27 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-19.sh
 # Send calls 1-5 and all the waiting calls in ONE message (the machine goes back 30 s after a call ends). Each
 # waiting call (timeout_s 590) polls and brings back what stands:
@@ -30,6 +31,8 @@ source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads;
 T="--preset fmnist-gpu --length full --k 2 3 4 6 8 --students-per-worker 3"
 D=/tmp/bd/out
 mkdir -p $D/final
+case "$(source scripts/gpu/stage.sh)" in *"data=yes wheels=yes inception=yes"*) ;;  # session 17's first run lacked p1
+  *) echo "call-19.sh: the assets are not all staged (stage.sh: $(source scripts/gpu/stage.sh)); stage them and start again"; exit 2;; esac
 bash scripts/gpu/bg.sh wait b0 600; bash scripts/gpu/bg.sh wait b1 300
 echo "call-19.sh: bench_trials from $(date -u +%H:%M:%S)"
 BDENSE_STACKS_EVERY=60 timeout --signal=INT $(( $(lane) * 60 )) python benchmarks/bench_trials.py --no-warm-up \

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Stage the large assets on the GPU machine over consecutive device calls (each call carries <= 64 MiB).
-# Run scripts/gpu/prepare.sh here first; then carry one or more of .gpu/p1 .. .gpu/p5 per call, with
+# Run scripts/gpu/prepare.sh here first; then carry one of .gpu/p1 .. .gpu/p6 per call, with
 # .gpu/SHA256SUMS and .gpu/pieces, and `source scripts/gpu/stage.sh` at the start of every call. Parts collect
 # in /tmp/bd, which survives between calls while the machine stays warm. Each asset is checked against its
-# checksum and unpacked as soon as its own parts are there: p1 the data (a teacher can train), p2 the wheels
+# checksum and unpacked as soon as its own parts are there: p1 the training images and the last part the test
+# images (with both a teacher can train), p2 the wheels
 # (installed into /tmp/site where the machine lacks the package), p3.. the Inception (FID).
 # It exports the variables the project reads and prints what is ready. Source it as a command of its own
 # (`source scripts/gpu/stage.sh;`), never in a pipeline: a pipeline runs it in a subshell and the exports are lost.
 S=${BDENSE_STAGE_DIR:-/tmp/bd}  # where the parts collect and unpack (a test points it elsewhere)
 mkdir -p $S/parts $S/cache $S/data $S/assets
 for f in .gpu/p*/*; do
-  case $(basename "$f") in data.tar) [ -f $S/data.done ] && continue;; whl.tar) [ -f $S/whl.done ] && continue;;
+  case $(basename "$f") in data.tar|test.tar|whl.tar) [ -f "$S/$(basename "$f" .tar).done" ] && continue;;
     inception.pt.*) [ -f $S/assets/inception.pt ] && continue;; esac
   [ -f "$f" ] && [ ! -e "$S/parts/$(basename "$f")" ] && cp "$f" $S/parts/
 done
@@ -31,7 +32,7 @@ for f in .gpu/compile/*.tgz; do
 done
 for f in .gpu/compile/*.bin; do [ -f "$f" ] && [ ! -e "$S/compile/$(basename "$f")" ] && cp "$f" $S/compile/; done
 _stage_sum() { grep " $1\$" $S/SHA256SUMS 2>/dev/null | cut -d' ' -f1; }
-for t in data whl; do
+for t in data test whl; do
   if [ -f $S/parts/$t.tar ] && [ ! -f $S/$t.done ]; then
     if [ "$(sha256sum $S/parts/$t.tar | cut -d' ' -f1)" = "$(_stage_sum $t.tar)" ]; then
       tar -C $S -xf $S/parts/$t.tar && rm -f $S/parts/$t.tar && touch $S/$t.done
@@ -81,6 +82,6 @@ export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DI
 # when it scores, and one that needs it earlier stops with a line naming this file
 export BDENSE_INCEPTION=$S/assets/inception.pt
 export BDENSE_COMPILE_CACHE=$S/compile
-echo "stage: data=$([ -f $S/data.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
+echo "stage: data=$([ -f $S/data.done ] && [ -f $S/test.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
   "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")" \
   "compile-cache=$(ls $S/compile/*.bin 2>/dev/null | wc -l) file(s)"
