@@ -90,33 +90,51 @@ def cudagraphs_given_up() -> str | None:
 
 def without_cudagraphs(train, callbacks):
     """``train(hooks)``, run once more without CUDA graphs if torch's CUDA-graph trees fail in it
-    (CUDAGRAPH_TREE_ERROR) before it has delivered anything. ``hooks`` are ``callbacks`` (None stays None), each
-    noting that it was called: while none was, no record reached a caller, so a second run from the start is the
-    same training to its callers.
+    (CUDAGRAPH_TREE_ERROR). ``hooks`` are ``callbacks`` (None stays None), each counting its calls, so that the
+    second run, which trains from the start again, delivers to each callback only the calls the first run had not
+    delivered: each step's record reaches its callers once (the first run's for the steps it reached, the second
+    run's after; the two differ only by the compiled kernels' rounding: same seed, draws and schedule), and a call
+    whose callback raised (a pruned student) raises the same exception at the same call, so the student stops where
+    it stopped. Session 17 (2x H200) met the error about 7 s into a worker's third group, after records had gone
+    out; it was then the trial's error and three finished-looking trials failed.
 
     The process then compiles in ``default`` mode for good (every engine is keyed by :func:`compile_mode`, so new
-    ones are built: one more compilation) and says so once on stderr. Any other error, the same error in a
-    process already without CUDA graphs, or one after records went out, propagates: the trial fails as before.
+    ones are built: one more compilation) and says so once on stderr. Any other error, or the same error in a
+    process already without CUDA graphs, propagates: the trial fails as before.
     """
     global _CUDAGRAPHS_GIVEN_UP
-    sent = []
+    delivered = [0] * len(callbacks)  # calls that reached each callback, over both runs
+    raised: list[dict] = [{} for _ in callbacks]  # call index -> what the callback raised there
+    runs = {"skip": [0] * len(callbacks), "calls": [0] * len(callbacks)}
 
-    def told(fn):
+    def told(i, fn):
         def hook(*args):
-            sent.append(True)
-            return fn(*args)
+            k = runs["calls"][i]
+            runs["calls"][i] += 1
+            if k < runs["skip"][i]:  # the second run: this call already reached its caller
+                if k in raised[i]:
+                    raise raised[i][k]
+                return None
+            delivered[i] += 1
+            try:
+                return fn(*args)
+            except Exception as e:
+                raised[i][k] = e
+                raise
         return None if fn is None else hook
 
-    hooks = [told(fn) for fn in callbacks]
+    hooks = [told(i, fn) for i, fn in enumerate(callbacks)]
     try:
         return train(hooks)
     except RuntimeError as e:
-        if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode() or sent:
+        if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode():
             raise
         _CUDAGRAPHS_GIVEN_UP = f"torch's CUDA-graph trees failed ({CUDAGRAPH_TREE_ERROR}; pytorch/pytorch#154306)"
         print(f"fast path: {_CUDAGRAPHS_GIVEN_UP}; this process trains on without CUDA graphs (compile mode "
-              "'default': Inductor's kernels launched one by one, slower); the training that failed starts again",
+              "'default': Inductor's kernels launched one by one, slower); the training that failed starts again "
+              f"({sum(delivered)} record(s) its callers already had are not delivered twice)",
               file=sys.stderr, flush=True)
+    runs["skip"], runs["calls"] = list(delivered), [0] * len(callbacks)
     return train(hooks)
 
 

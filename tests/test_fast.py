@@ -253,37 +253,55 @@ def test_a_cudagraph_tree_failure_before_any_record_trains_the_group_again_witho
         train_sfd_many(teacher, configs)
 
 
-def test_a_cudagraph_tree_failure_after_records_went_out_and_other_errors_are_not_retried(teacher, monkeypatch):
-    """Once a record has reached a callback (pruning, tracking), training again from the start would report those
-    steps twice: the error propagates and CUDA graphs stay on. So does any other RuntimeError."""
+def test_a_cudagraph_tree_failure_after_records_went_out_trains_again_and_delivers_each_step_once(
+        teacher, monkeypatch):
+    """The error after the whole first run's records reached their callbacks (session 17 met it 7 s into a group):
+    the group trains again, each callback sees each step once (no step twice, none missing), the students are a
+    clean run's, and a callback that raised (a pruner) stops its student at the same step in the second run."""
+    from bdense_core import fast
+    from bdense_core.distill import sfd
+
+    monkeypatch.delenv("BDENSE_COMPILE_MODE", raising=False)
+    monkeypatch.setattr(fast, "_CUDAGRAPHS_GIVEN_UP", None)
+    configs = [short(**kw) for kw in MIXED]
+    clean = train_sfd_many(teacher, configs)
+    calls = fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR), after=sfd._train_group)
+    seen = [[], [], []]
+
+    def pruner(rec):  # student 1 is pruned at step 2, in the first run
+        seen[1].append(rec)
+        if rec["step"] == 2.0:
+            raise ValueError("pruned at step 2")
+
+    again = train_sfd_many(teacher, configs, callbacks=[seen[0].append, pruner, seen[2].append])
+    assert len(calls) == 2 and fast.compile_mode() == "default"
+    for n in (0, 2):
+        assert [r["step"] for r in seen[n]] == [1.0, 2.0, 3.0] and seen[n] == clean[n].history == again[n].history
+    assert isinstance(again[1], ValueError) and str(again[1]) == "pruned at step 2"
+    assert seen[1] == clean[1].history[:2]
+
+
+def test_other_errors_and_the_tree_error_without_cudagraphs_are_not_retried(teacher, monkeypatch):
     from bdense_core import fast
     from bdense_core.distill import sfd
 
     monkeypatch.delenv("BDENSE_COMPILE_MODE", raising=False)
     monkeypatch.setattr(fast, "_CUDAGRAPHS_GIVEN_UP", None)
     configs = [short()]
-
-    def one_record(_teacher, _configs, _banks, callbacks, *rest):
-        callbacks[0]({"step": 1.0, "loss": 1.0})
-
-    fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR), after=one_record)
-    seen = []
-    with pytest.raises(RuntimeError, match="input tensor deallocate"):
-        train_sfd_many(teacher, configs, callbacks=[seen.append])
-    assert seen == [{"step": 1.0, "loss": 1.0}] and fast.compile_mode() == "reduce-overhead"
-    fail_first(monkeypatch, sfd, "_train_group", RuntimeError("CUDA error: out of memory"))
+    calls = fail_first(monkeypatch, sfd, "_train_group", RuntimeError("CUDA error: out of memory"))
     with pytest.raises(RuntimeError, match="out of memory"):
         train_sfd_many(teacher, configs)
-    assert fast.cudagraphs_given_up() is None
+    assert fast.cudagraphs_given_up() is None and len(calls) == 1
     monkeypatch.setenv("BDENSE_COMPILE_MODE", "default")  # no CUDA graphs to give up: nothing to retry
     fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR))
     with pytest.raises(RuntimeError, match="input tensor deallocate"):
         train_sfd_many(teacher, configs)
 
 
-def test_pd_trains_again_without_cudagraphs_after_the_tree_error_and_not_after_a_round(teacher, monkeypatch):
+def test_pd_trains_again_without_cudagraphs_after_the_tree_error_before_or_after_a_round(teacher, monkeypatch):
     """PD the same way: the error before any record or round went out trains again from the start (same records
-    and rounds as a clean run); after a round reached its caller, the error propagates."""
+    and rounds as a clean run); after a round reached its caller, it trains again too and that round is not
+    delivered twice."""
     from bdense_core import fast
     from bdense_core.data import load_images
     from bdense_core.distill import progressive
@@ -303,13 +321,10 @@ def test_pd_trains_again_without_cudagraphs_after_the_tree_error_and_not_after_a
     assert again.history == clean.history == seen and rounds_again == rounds == [(1, 4), (2, 2)]
     monkeypatch.setattr(fast, "_CUDAGRAPHS_GIVEN_UP", None)
 
-    def one_round(_teacher, _config, _data, _callback, _progress, on_round):
-        on_round(1, 4, None)
-
-    fail_first(monkeypatch, progressive, "_distill_pd", RuntimeError(TREE_ERROR), after=one_round)
-    with pytest.raises(RuntimeError, match="input tensor deallocate"):
-        pd.train(teacher, cfg, data=data, on_round=lambda *a: None)
-    assert fast.compile_mode() == "reduce-overhead"
+    rounds_again = []
+    fail_first(monkeypatch, progressive, "_distill_pd", RuntimeError(TREE_ERROR), after=progressive._distill_pd)
+    again = pd.train(teacher, cfg, data=data, on_round=lambda i, n, r: rounds_again.append((i, n)))
+    assert rounds_again == rounds and again.history == clean.history and fast.compile_mode() == "default"
 
 
 def test_no_gc_holds_automatic_collection_off_and_restores_the_state_before():
