@@ -176,7 +176,12 @@ def distil(plans: list[Plan], ctx: Context) -> None:
         configs, banks = [m[2] for m in members], [m[3] for m in members]
         hooks = [_StepHook(p, j, ctx, dcfg.iterations) for p, j, dcfg, _ in members]
         t0 = time.perf_counter()
-        results = fw.train_many(ctx.teacher, configs, data=ctx.data, bank=banks, callbacks=hooks)
+        try:
+            results = fw.train_many(ctx.teacher, configs, data=ctx.data, bank=banks, callbacks=hooks)
+        except Exception as e:  # noqa: BLE001 - the group's trials fail with this error; other groups go on
+            # (session 17: torch's CUDA-graph trees raised in a group, the worker's loop ended, and its trials
+            # read "the command ended before this trial could run"); repeated failures stop the loop as any do
+            results = [e] * len(members)
         call_s = time.perf_counter() - t0
         loop_s: dict[int, float] = {}  # per trial: its students' longest training loop in this call
         for (p, _, _, _), res in zip(members, results):

@@ -307,6 +307,34 @@ def test_ctrl_c_fails_the_running_trial_and_keeps_the_rest(tmp_path, cache_dir):
     assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
 
 
+def test_a_group_whose_training_raises_fails_its_trials_with_that_error_and_the_study_goes_on(
+        tmp_path, cache_dir, monkeypatch):
+    """An error out of a group's training (session 17: torch's CUDA-graph trees, in a worker's third group) fails
+    that group's trials with the error as their reason and the next trials still run; it used to end the worker's
+    loop, and its trials read "the command ended before this trial could run". In this process (one worker), so
+    that the framework's training can be made to raise once."""
+    from bdense_core.distill.sfd import SFD
+    from study import run
+
+    real, calls = SFD.train_many, []
+
+    def fails_once(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(SFD, "train_many", fails_once)
+    runs = tmp_path / "runs"
+    for k, v in _env(runs, cache_dir).items():
+        monkeypatch.setenv(k, v)
+    code = run.main([*FAST, "--n-trials", "2", "--study-name", "raises"])
+    trials = load(runs, "raises").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE] and len(calls) == 2
+    assert "illegal memory access" in trials[0].user_attrs["fail_reason"]
+    assert code == 0 and mlflow_client(runs).get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+
+
 # -- bad input -----------------------------------------------------------------------------------------------
 def test_bad_input_gets_one_line_and_status_2(tmp_path, cache_dir):
     (tmp_path / "junk.log").write_text("this is not a journal\n")
