@@ -164,9 +164,12 @@ def _steady_s(stamps: dict[int, float], config, device, too_short: str) -> float
 
 
 def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: Path, name: str | None = None) -> dict:
-    """Run a short real study with ``workers`` processes and ``workers * trials`` trials; its trial rate."""
-    import optuna
+    """Run a short real study with ``workers`` processes and ``workers * trials`` trials; its trial rate
+    (:func:`study_rate`).
 
+    A study that ends with failed trials (its exit status not 0) still has a rate when some completed: the rate of
+    those, with ``failed`` (how many did not complete) and ``error`` (the study's error line) beside it; with none
+    completed it raises. Session 17's two-worker setup lost its row when three of its 18 trials failed."""
     name = name or f"bench-tph-w{workers}"
     storage = f"journal:{runs_dir / (name + '.journal')}"
     cmd = [sys.executable, str(ROOT / "study" / "run.py"), "--study-name", name, "--storage", storage,
@@ -175,19 +178,40 @@ def trials_per_hour(workers: int, trials: int, study_args: list[str], runs_dir: 
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"study with {workers} workers failed: {proc.stderr.strip().splitlines()[-1:]}")
+    error = None if proc.returncode == 0 else error_line(proc.stderr)
+    return dict(workers=workers, **study_rate(storage, name, wall_s=wall, error=error))
+
+
+def study_rate(storage: str, name: str, wall_s: float = math.nan, error: str | None = None) -> dict:
+    """The trial rate of a stored study (``storage`` as study/run.py takes it): completed trials over the span from
+    the first trial's start to the last one's end, the steady rate (:func:`steady_rate`), mean times, and how many
+    trials did not complete. ``wall_s``: the study process's whole time, when known (start-up is what it adds)."""
+    import optuna
+
     from study.storage import open_storage
 
-    study = optuna.load_study(study_name=name, storage=open_storage(storage))
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    try:
+        trials_all = optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials(deepcopy=False)
+    except KeyError:  # the study never started
+        trials_all = []
+    done = [t for t in trials_all if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise RuntimeError(f"study {name} completed no trial" + (f": {error}" if error else ""))
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-    out = dict(workers=workers, trials=len(done), span_s=span, wall_s=wall, trials_per_hour=3600 * len(done) / span,
+    out = dict(trials=len(done), span_s=span, wall_s=wall_s, trials_per_hour=3600 * len(done) / span,
                mean_trial_s=sum(t.duration.total_seconds() for t in done) / len(done),
                **{f"mean_{k}_s": statistics.fmean(t.user_attrs.get(f"{k}_time_s", math.nan) for t in done)
                   for k in ("train", "distil", "eval")})
-    out.update(steady_rate(done))
+    out.update(steady_rate(done), failed=len(trials_all) - len(done), error=error)
     return out
+
+
+def error_line(stderr: str) -> str:
+    """The line of a failed study's stderr that says what failed: the last naming an error (Python's warnings from
+    its shutdown, such as the resource tracker's, come after it), else the last line."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    named = [ln for ln in lines if "error" in ln.lower() and "warn" not in ln.lower()]
+    return (named or lines or ["(no stderr)"])[-1]
 
 
 def steady_rate(done) -> dict:

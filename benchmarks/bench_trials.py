@@ -18,7 +18,12 @@ groups (--trials) for the steady rate to rest on more than one. Beside each tria
 loops (``train_time_s``, a group's loop counted once for each trial in it), the framework's calls they ran in
 (``distil_time_s``: set-up, compiling and handing the students back included) and scoring its students
 (``eval_time_s``: samples, FID, the sample grid); what is left is the trial's share of recording and waiting.
-``--runs-dir`` keeps the studies (and the workers' logs, with their pace lines) after the run.
+``--runs-dir`` keeps the studies (and the workers' logs, with their pace lines) after the run, and
+``--rates-of`` prints the same rows for studies kept that way (each journal holds the study its file is named after),
+without running anything:
+
+    python benchmarks/bench_trials.py --rates-of results/fmnist-campaign/bench-trials-session17/bench-setup-0.journal \
+        --rates-of results/fmnist-campaign/bench-trials-session17/bench-setup-1.journal
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_core import trials_per_hour  # noqa: E402
+from bench_core import study_rate, trials_per_hour  # noqa: E402
 
 
 def _setup(text: str) -> tuple[int, str]:
@@ -59,7 +64,9 @@ def students_per_worker(study_args: list[str]) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setup", type=_setup, action="append", required=True, metavar="WORKERS:DEVICES")
+    p.add_argument("--setup", type=_setup, action="append", default=[], metavar="WORKERS:DEVICES")
+    p.add_argument("--rates-of", action="append", default=[], metavar="JOURNAL",
+                   help="print the rows of studies kept by an earlier run (--runs-dir) instead of running setups")
     p.add_argument("--trials", type=int, default=4, metavar="N", help="trials per worker in each setup")
     p.add_argument("--runs-dir", default=None, help="scratch run folder (default: a temporary one)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here too")
@@ -71,6 +78,16 @@ def main(argv=None) -> int:
     study_args = [a for a in args.study_args if a != "--"]
     if args.trials < 1:
         p.error("--trials must be >= 1")
+    if bool(args.setup) == bool(args.rates_of):
+        p.error("give --setup WORKERS:DEVICES (run setups) or --rates-of JOURNAL (rows of kept studies), not both")
+    if args.rates_of:
+        rows = []
+        for path in map(Path, args.rates_of):
+            if not path.is_file():
+                p.error(f"no journal at {path}; --rates-of takes a .journal file that bench_trials kept (--runs-dir)")
+            rows.append(dict(setup=path.stem, **study_rate(f"journal:{path}", path.stem)))
+            print_row(rows)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bdense-trials-") as tmp:
         runs = Path(args.runs_dir or tmp)
         print(f"study options: {shlex.join(study_args)}", flush=True)
@@ -87,17 +104,26 @@ def main(argv=None) -> int:
         for i, (workers, devices) in enumerate(args.setup):  # each row printed when measured: a run cut short keeps it
             r = trials_per_hour(workers, args.trials, study_args + ["--devices", devices], runs, f"bench-setup-{i}")
             rows.append(dict(setup=f"{workers}:{devices}", **r))
-            print(f"{rows[-1]['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each "
-                  f"(training {r['mean_train_s']:.1f} s, in the framework's calls {r['mean_distil_s']:.1f} s, "
-                  f"scoring {r['mean_eval_s']:.1f} s), "
-                  f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / rows[0]['trials_per_hour']:.2f} "
-                  f"(start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s); after the first "
-                  f"completion: {r['steady_trials']} trials in {r['steady_span_s']:.0f} s = "
-                  f"{r['steady_trials_per_hour']:,.1f} trials/h = "
-                  f"x{r['steady_trials_per_hour'] / rows[0]['steady_trials_per_hour']:.2f}", flush=True)
+            print_row(rows)
     if args.out:
         Path(args.out).write_text(json.dumps(dict(warm_up_s=warm_s, study_args=study_args, setups=rows), indent=2))
     return 0
+
+
+def print_row(rows: list[dict]) -> None:
+    """The last row, its ratios against the first."""
+    r, first = rows[-1], rows[0]
+    start_up = "" if r["wall_s"] != r["wall_s"] else f"start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s"
+    print(f"{r['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each "
+          f"(training {r['mean_train_s']:.1f} s, in the framework's calls {r['mean_distil_s']:.1f} s, "
+          f"scoring {r['mean_eval_s']:.1f} s), "
+          f"{r['trials_per_hour']:8,.1f} trials/h = x{r['trials_per_hour'] / first['trials_per_hour']:.2f} "
+          f"({start_up or 'start-up not known: a kept study'}); after the first "
+          f"completion: {r['steady_trials']} trials in {r['steady_span_s']:.0f} s = "
+          f"{r['steady_trials_per_hour']:,.1f} trials/h = "
+          f"x{r['steady_trials_per_hour'] / first['steady_trials_per_hour']:.2f}"
+          + (f"; {r['failed']} trial(s) did not complete" + (f": {r['error']}" if r["error"] else "")
+             if r["failed"] else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -652,3 +652,20 @@ def test_a_chain_has_the_staged_environment_whatever_started_it(tmp_path):
     assert out[0].split(":")[:2] == ["/tmp/site", str(repo)]
     assert out[1] == str(stage / "cache") and (stage / "cache").is_dir()
     assert out[2] == str(stage / "assets" / "inception.pt")
+
+
+def test_bench_trials_names_the_error_line_of_a_failed_study_not_its_shutdown_warnings():
+    """Session 17's two-worker study ended with failed trials, and the last line of its stderr was the resource
+    tracker's warning at shutdown; the row must name the error instead."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_core import error_line
+
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+              "RuntimeError: TODO: graph recording observed an input tensor deallocate during graph  recording\n"
+              "/usr/lib/python3.12/multiprocessing/resource_tracker.py:279: UserWarning: resource_tracker: There "
+              "appear to be 1 leaked semaphore objects to clean up at shutdown\n"
+              "  warnings.warn('resource_tracker: There appear to be %d '\n")
+    assert error_line(stderr).startswith("RuntimeError: TODO: graph recording observed")
+    assert error_line("one line\n\n") == "one line" and error_line("") == "(no stderr)"
