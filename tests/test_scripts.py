@@ -654,6 +654,31 @@ def test_a_chain_has_the_staged_environment_whatever_started_it(tmp_path):
     assert out[2] == str(stage / "assets" / "inception.pt")
 
 
+def test_a_chain_stops_with_one_line_when_an_asset_is_not_staged(tmp_path):
+    """need_assets (deadline.sh): session 17's first chain started without the data's part and every study in it
+    stopped at loading the images; a chain now stops at once, with the stage's status, and status 2."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    (work / "scripts" / "gpu").mkdir(parents=True)
+    for name in ("deadline.sh", "stage.sh"):
+        (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
+    run = lambda: subprocess.run(  # noqa: E731
+        ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; need_assets; echo went-on"], cwd=work,
+        env={"PATH": "/usr/bin:/bin", "MINUTES": "5", "BDENSE_STAGE_DIR": str(tmp_path / "stage")},
+        capture_output=True, text=True)
+    proc = run()
+    assert proc.returncode == 2 and "went-on" not in proc.stdout
+    assert proc.stdout.count("\n") == 1 and "data=no wheels=no inception=0/" in proc.stdout
+    for done in ("data.done", "test.done", "wheels.done"):  # what stage.sh marks once an asset is unpacked
+        (tmp_path / "stage" / done).touch()
+    (tmp_path / "stage" / "assets").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "stage" / "assets" / "inception.pt").write_bytes(b"staged")
+    proc = run()
+    assert proc.returncode == 0 and proc.stdout.strip() == "went-on"
+
+
 def test_bench_trials_names_the_error_line_of_a_failed_study_not_its_shutdown_warnings():
     """Session 17's two-worker study ended with failed trials, and the last line of its stderr was the resource
     tracker's warning at shutdown; the row must name the error instead."""

@@ -18,7 +18,7 @@
 #   bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh /tmp/bd/out/monitor 20
 #   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 3:full:1000 --bank 3:full:1002:1/2 -- $O --device cuda:0
 #   bash scripts/gpu/bg.sh start b1 python scripts/gpu/banks.py --bank 3:full:1001 --bank 3:full:1002:2/2 -- $O --device cuda:1
-# Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5; the last one starts this chain:
+# Calls 2-6 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5, .gpu/p6 (six parts since session 17); the last one starts this chain:
 #   MINUTES=26 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-12.sh
 # and every later call, sent at once after the one before, waits and brings back what stands:
 #   sleep 540; bash scripts/gpu/pack.sh /tmp/bd/runs $OUT; tar -czf $OUT/logs.tgz /tmp/bd/jobs/*.log \
@@ -32,6 +32,7 @@ source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads
 O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 PD="--preset fmnist-gpu --framework pd --k 2 --n-trials 0 --confirm-top 1 --confirm-seeds 3"  # screens done (session 12): the confirmation only
 D=/tmp/bd/out
+need_assets
 mkdir -p $D/nfe3 $D/pds $D/final
 bash scripts/gpu/bg.sh wait b0 1500; bash scripts/gpu/bg.sh wait b1 600
 BDENSE_STACKS_EVERY=60 OUT=$D/nfe3 bash scripts/gpu/study.sh "$(lane)" \

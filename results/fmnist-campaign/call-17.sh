@@ -10,7 +10,7 @@
 #   source scripts/gpu/stage.sh; mkdir -p /tmp/bd/out; export BDENSE_NUM_THREADS=2 PYTHONUNBUFFERED=1
 #   T="--preset fmnist-gpu --length full --k 2 3 4 6 8 --students-per-worker 3"
 #   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 2:full:0 -- $T --device cuda:0
-# Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5 (`source scripts/gpu/stage.sh` alone); the last one starts this
+# Calls 2-6 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5, .gpu/p6 (`source scripts/gpu/stage.sh` alone); the last one starts this
 # chain, MINUTES from the lease's budget_left_s less about three minutes:
 #   MINUTES=25 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-17.sh
 # Send calls 1-5 and all the waiting calls in ONE message (the machine goes back 30 s after a call ends). Each

@@ -21,7 +21,7 @@
 #   bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh /tmp/bd/out/monitor 20
 #   bash scripts/gpu/bg.sh start b0 python scripts/gpu/banks.py --bank 3:full:1000 --bank 3:full:1001 \
 #     --bank 3:full:1002 -- $O --device cuda:0
-# Calls 2-5 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5 (`source scripts/gpu/stage.sh` alone); where an earlier machine's
+# Calls 2-6 stage .gpu/p1, .gpu/p3, .gpu/p4, .gpu/p5, .gpu/p6 (`source scripts/gpu/stage.sh` alone); where an earlier machine's
 # compile cache is here (.gpu/compile/compile.tgz, see stage.sh), one more call carries .gpu/compile alone. The last
 # one starts this chain, MINUTES from the lease's budget_left_s less about three minutes:
 #   MINUTES=27 bash scripts/gpu/bg.sh start all bash results/fmnist-campaign/call-18.sh
@@ -37,6 +37,7 @@
 source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads; stage.sh's environment
 O="--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
 D=/tmp/bd/out
+need_assets
 mkdir -p $D/nfe3 $D/final
 bash scripts/gpu/bg.sh wait b0 1500
 echo "call-18.sh: banks done, the study from $(date -u +%H:%M:%S)"

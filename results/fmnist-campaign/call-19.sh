@@ -31,8 +31,7 @@ source scripts/gpu/deadline.sh  # END from MINUTES; left, lane; Ctrl-C, threads;
 T="--preset fmnist-gpu --length full --k 2 3 4 6 8 --students-per-worker 3"
 D=/tmp/bd/out
 mkdir -p $D/final
-case "$(source scripts/gpu/stage.sh)" in *"data=yes wheels=yes inception=yes"*) ;;  # session 17's first run lacked p1
-  *) echo "call-19.sh: the assets are not all staged (stage.sh: $(source scripts/gpu/stage.sh)); stage them and start again"; exit 2;; esac
+need_assets
 bash scripts/gpu/bg.sh wait b0 600; bash scripts/gpu/bg.sh wait b1 300
 echo "call-19.sh: bench_trials from $(date -u +%H:%M:%S)"
 BDENSE_STACKS_EVERY=60 timeout --signal=INT $(( $(lane) * 60 )) python benchmarks/bench_trials.py --no-warm-up \

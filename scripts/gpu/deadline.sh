@@ -2,6 +2,8 @@
 # Sourced by a chain (results/fmnist-campaign/call-*.sh): its deadline, MINUTES (default ${1:-26}) from now, and
 #   left   whole minutes to the deadline (at least 1)
 #   lane   a study's minutes: one less, for the pack after it (at least 1: `timeout 0` would never stop it)
+#   need_assets   exit 2 with one line unless the data, the wheels and the Inception are all staged (session 17's
+#          first chain started with the data's part missing and every study in it stopped at loading the images)
 # It also sets what every chain sets: stop on Ctrl-C, 2 CPU threads a process unless set, unbuffered Python, and
 # stage.sh's environment (PYTHONPATH with the staged wheels, the cache, data and Inception): a chain must not rely
 # on the call that started it having sourced stage.sh (session 12's chain inherited none, because that call ran
@@ -13,3 +15,9 @@ export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 END=$(( $(date +%s) + ${MINUTES:-${1:-26}} * 60 ))
 left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }
 lane() { local m=$(( $(left) - 1 )); echo $(( m > 1 ? m : 1 )); }
+need_assets() {
+  local said; said=$(source "$(dirname "${BASH_SOURCE[0]}")/stage.sh" | tail -1)
+  case "$said" in *"data=yes wheels=yes inception=yes"*) return 0;; esac
+  echo "${0##*/}: not every asset is staged ($said): carry the missing .gpu/pN parts, then start the chain again"
+  exit 2
+}
