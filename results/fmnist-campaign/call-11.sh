@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Superseded by call-19.sh, which ran its bench_trials part in session 17 (its PD part ran in sessions 14 and 15).
 # The next session's chain on one 2-GPU machine (nvidia-h200-x2, counted at full rate; planned, not run yet):
 # issue 14's whole full-length trials an hour on 1 GPU and on 2 at their steady rate, then PD's full-length
 # baselines (issue 13), one distance on each GPU, with what is left. Session 11 (call-10.sh) measured 94.3 trials/h on one H200 and x1.47

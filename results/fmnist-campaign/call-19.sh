@@ -6,6 +6,9 @@
 # the same with PD's confirmation after it (done since, sessions 14-15); call-17.sh is the one-GPU version. Session
 # 11 measured x1.47 on two GPUs with two groups a worker, the first paying each worker's start-up, and each worker
 # pinning its own copy of the bank (banks are mapped from the page cache since session 16: one copy a machine).
+# Ran in session 17 with MINUTES=22 (the first machine's chain had started without its data): 103.9 steady trials an
+# hour on one GPU and 206.2 on two (results/fmnist-campaign/bench-trials-session17/); bench_fallback was stopped
+# while compiling, 3.5 minutes in.
 # Here first: `bash scripts/gpu/prepare.sh` (no run folder: these benchmarks use scratch studies).
 # Call 1 (carry .gpu/p2 .gpu/SHA256SUMS .gpu/pieces): seed 0's full-length NFE-2 bank, the one bank every trial of
 # bench_trials reads, in two halves, one on each GPU (219 s whole on one H200 in session 11), and the monitor:
