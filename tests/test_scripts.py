@@ -623,14 +623,25 @@ def test_bench_trials_steady_rate_leaves_out_the_first_group_and_its_start_up():
     assert steady_rate(done[:3])["steady_trials"] == 0  # one group: no steady rate to give
 
 
+def _chain_dir(tmp_path) -> Path:
+    """A working tree with only the chain scripts: a checkout's own .gpu/ parts (prepare.sh's, in a developer's
+    tree) would be staged, and their wheels installed into /tmp/site, by every stage.sh these tests source."""
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    (work / "scripts" / "gpu").mkdir(parents=True)
+    for name in ("deadline.sh", "stage.sh"):
+        (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
+    return work
+
+
 def test_a_chains_deadline_never_gives_a_study_zero_minutes(tmp_path):
     """scripts/gpu/deadline.sh: `timeout 0` would never stop a study, so `lane` and `left` give at least 1."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
+    work = _chain_dir(tmp_path)
     run = lambda minutes: subprocess.run(  # noqa: E731
-        ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; echo $(left) $(lane) $BDENSE_NUM_THREADS"], cwd=repo,
-        env={"PATH": "/usr/bin:/bin", "MINUTES": str(minutes), "BDENSE_STAGE_DIR": str(tmp_path)},
+        ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; echo $(left) $(lane) $BDENSE_NUM_THREADS"], cwd=work,
+        env={"PATH": "/usr/bin:/bin", "MINUTES": str(minutes), "BDENSE_STAGE_DIR": str(tmp_path / "stage")},
         capture_output=True, text=True, check=True).stdout.split()
     left, lane, threads = map(int, run(26))
     assert left in (25, 26) and lane == left - 1 and threads == 2  # a minute kept for the pack after the study
@@ -642,14 +653,14 @@ def test_a_chain_has_the_staged_environment_whatever_started_it(tmp_path):
     when the call that started it exported none of them (session 12: `source stage.sh | tail` lost them all)."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
+    work = _chain_dir(tmp_path)
     stage = tmp_path / "stage"
     out = subprocess.run(
         ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; echo $PYTHONPATH; echo $BDENSE_CACHE_DIR; "
-         "echo $BDENSE_INCEPTION"], cwd=repo,
+         "echo $BDENSE_INCEPTION"], cwd=work,
         env={"PATH": "/usr/bin:/bin", "MINUTES": "5", "BDENSE_STAGE_DIR": str(stage)},
         capture_output=True, text=True, check=True).stdout.split()
-    assert out[0].split(":")[:2] == ["/tmp/site", str(repo)]
+    assert out[0].split(":")[:2] == ["/tmp/site", str(work)]
     assert out[1] == str(stage / "cache") and (stage / "cache").is_dir()
     assert out[2] == str(stage / "assets" / "inception.pt")
 
@@ -659,11 +670,7 @@ def test_a_chain_stops_with_one_line_when_an_asset_is_not_staged(tmp_path):
     stopped at loading the images; a chain now stops at once, with the stage's status, and status 2."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
-    work = tmp_path / "work"
-    (work / "scripts" / "gpu").mkdir(parents=True)
-    for name in ("deadline.sh", "stage.sh"):
-        (work / "scripts" / "gpu" / name).write_bytes((repo / "scripts" / "gpu" / name).read_bytes())
+    work = _chain_dir(tmp_path)
     run = lambda: subprocess.run(  # noqa: E731
         ["bash", "-c", "source scripts/gpu/deadline.sh >/dev/null; need_assets; echo went-on"], cwd=work,
         env={"PATH": "/usr/bin:/bin", "MINUTES": "5", "BDENSE_STAGE_DIR": str(tmp_path / "stage")},
