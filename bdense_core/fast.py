@@ -103,19 +103,18 @@ def without_cudagraphs(train, callbacks):
     process already without CUDA graphs, propagates: the trial fails as before.
     """
     global _CUDAGRAPHS_GIVEN_UP
-    delivered = [0] * len(callbacks)  # calls that reached each callback, over both runs
+    calls = [0] * len(callbacks)  # this run's calls of each hook
+    skip = [0] * len(callbacks)  # the second run: calls the first one delivered (all of its calls)
     raised: list[dict] = [{} for _ in callbacks]  # call index -> what the callback raised there
-    runs = {"skip": [0] * len(callbacks), "calls": [0] * len(callbacks)}
 
     def told(i, fn):
         def hook(*args):
-            k = runs["calls"][i]
-            runs["calls"][i] += 1
-            if k < runs["skip"][i]:  # the second run: this call already reached its caller
+            k = calls[i]
+            calls[i] += 1
+            if k < skip[i]:  # the second run: this call already reached its caller
                 if k in raised[i]:
                     raise raised[i][k]
                 return None
-            delivered[i] += 1
             try:
                 return fn(*args)
             except Exception as e:
@@ -132,9 +131,9 @@ def without_cudagraphs(train, callbacks):
         _CUDAGRAPHS_GIVEN_UP = f"torch's CUDA-graph trees failed ({CUDAGRAPH_TREE_ERROR}; pytorch/pytorch#154306)"
         print(f"fast path: {_CUDAGRAPHS_GIVEN_UP}; this process trains on without CUDA graphs (compile mode "
               "'default': Inductor's kernels launched one by one, slower); the training that failed starts again "
-              f"({sum(delivered)} record(s) its callers already had are not delivered twice)",
+              f"({sum(calls)} record(s) its callers already had are not delivered twice)",
               file=sys.stderr, flush=True)
-    runs["skip"], runs["calls"] = list(delivered), [0] * len(callbacks)
+    skip[:], calls[:] = calls, [0] * len(callbacks)
     return train(hooks)
 
 
