@@ -16,7 +16,7 @@ END=$(( $(date +%s) + ${MINUTES:-${1:-26}} * 60 ))
 left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }
 lane() { local m=$(( $(left) - 1 )); echo $(( m > 1 ? m : 1 )); }
 need_assets() {
-  local said; said=$(source "$(dirname "${BASH_SOURCE[0]}")/stage.sh" | tail -1)
+  local said; said=$(stage_status)  # stage.sh's, as this file sourced it above
   case "$said" in *"data=yes wheels=yes inception=yes"*) return 0;; esac
   echo "${0##*/}: not every asset is staged ($said): carry the missing .gpu/pN parts, then start the chain again"
   exit 2

@@ -82,6 +82,10 @@ export BDENSE_CACHE_DIR=$S/cache BDENSE_DATA_DIR=$S/data BDENSE_FASHION_MNIST_DI
 # when it scores, and one that needs it earlier stops with a line naming this file
 export BDENSE_INCEPTION=$S/assets/inception.pt
 export BDENSE_COMPILE_CACHE=$S/compile
-echo "stage: data=$([ -f $S/data.done ] && [ -f $S/test.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
-  "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")" \
-  "compile-cache=$(ls $S/compile/*.bin 2>/dev/null | wc -l) file(s)"
+# what is ready, as one line (also deadline.sh's need_assets, in a chain that sourced this file)
+stage_status() {
+  echo "stage: data=$([ -f $S/data.done ] && [ -f $S/test.done ] && echo yes || echo no) wheels=$([ -f $S/wheels.done ] && echo yes || echo no)" \
+    "inception=$([ -f $S/assets/inception.pt ] && echo yes || echo "$(ls $S/parts/ | grep -c '^inception.pt.')/$PIECES pieces")" \
+    "compile-cache=$(ls $S/compile/*.bin 2>/dev/null | wc -l) file(s)"
+}
+stage_status
