@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -40,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_core import study_rate, trials_per_hour  # noqa: E402
+
+from study.storage import StorageError  # noqa: E402
 
 
 def _setup(text: str) -> tuple[int, str]:
@@ -85,7 +88,10 @@ def main(argv=None) -> int:
         for path in map(Path, args.rates_of):
             if not path.is_file():
                 p.error(f"no journal at {path}; --rates-of takes a .journal file that bench_trials kept (--runs-dir)")
-            rows.append(dict(setup=path.stem, **study_rate(f"journal:{path}", path.stem)))
+            try:
+                rows.append(dict(setup=path.stem, **study_rate(f"journal:{path}", path.stem)))
+            except (RuntimeError, StorageError) as e:  # not a journal, no study of that name, or none completed
+                p.error(f"{path}: {e}; --rates-of takes a .journal file that bench_trials kept (--runs-dir)")
             print_row(rows)
         return 0
     with tempfile.TemporaryDirectory(prefix="bdense-trials-") as tmp:
@@ -113,7 +119,7 @@ def main(argv=None) -> int:
 def print_row(rows: list[dict]) -> None:
     """The last row, its ratios against the first."""
     r, first = rows[-1], rows[0]
-    start_up = "" if r["wall_s"] != r["wall_s"] else f"start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s"
+    start_up = "" if math.isnan(r["wall_s"]) else f"start-up {r['wall_s'] - r['span_s']:.0f} s apart; setup {r['wall_s']:.0f} s"
     print(f"{r['setup']:<24} {r['trials']:>3} trials, {r['mean_trial_s']:6.1f} s each "
           f"(training {r['mean_train_s']:.1f} s, in the framework's calls {r['mean_distil_s']:.1f} s, "
           f"scoring {r['mean_eval_s']:.1f} s), "

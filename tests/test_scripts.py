@@ -686,6 +686,21 @@ def test_a_chain_stops_with_one_line_when_an_asset_is_not_staged(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "went-on"
 
 
+def test_bench_trials_rates_of_a_file_that_is_not_a_kept_study_is_one_line_and_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trials.py"
+    (tmp_path / "empty.journal").write_text("")
+    (tmp_path / "junk.journal").write_text("not a journal\n")
+    for name, words in (("empty.journal", "completed no trial"), ("junk.journal", "not an Optuna journal"),
+                        ("missing.journal", "no journal at")):
+        proc = subprocess.run([sys.executable, str(bench), "--rates-of", str(tmp_path / name)],
+                              capture_output=True, text=True)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and words in last, proc.stderr
+
+
 def test_bench_trials_names_the_error_line_of_a_failed_study_not_its_shutdown_warnings():
     """Session 17's two-worker study ended with failed trials, and the last line of its stderr was the resource
     tracker's warning at shutdown; the row must name the error instead."""
