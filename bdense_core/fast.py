@@ -11,8 +11,9 @@ eager path pays: ``mode="reduce-overhead"`` (CUDA graph trees) removes it, and I
 work and lays convolutions out channels_last. ``BDENSE_COMPILE_MODE`` selects another torch.compile mode
 (e.g. ``max-autotune-no-cudagraphs``) without touching the code, for diagnosis on a new machine, and
 ``BDENSE_FORCE_LAYOUT_OPT=1`` forces Inductor's channels-last layout for graphs it would leave NCHW. Where torch's
-CUDA-graph trees fail at the start of a training (an open torch bug), :func:`without_cudagraphs` moves the process
-to ``default`` mode and trains again (the training loops of SFD and PD run inside it).
+CUDA-graph trees fail in a training (an open torch bug), :func:`without_cudagraphs` records the graphs again and trains
+again; where they fail twice in one training it moves the process to ``default`` mode (the training loops of SFD and
+PD run inside it).
 
 A compiled graph's outputs live in memory that its next replay overwrites: everything here hands back
 clones, so callers keep what they get.
@@ -49,7 +50,8 @@ _CUDAGRAPHS_GIVEN_UP: str | None = None
 
 # torch's CUDA-graph-tree invariant failure (pytorch/pytorch#154306, open): a graph's recorded input liveness does
 # not hold at a later replay, and torch raises instead of re-recording. Seen on H200s in PD (session 14) and in
-# SFD (session 15), each time at the start of a new engine's training.
+# SFD (session 15) at the start of a new engine's training, and in SFD after records had gone out: 7 s into a
+# worker's third group (session 17), about 140 iterations into a worker's first (session 18).
 CUDAGRAPH_TREE_ERROR = "graph recording observed an input tensor deallocate"
 
 
@@ -89,29 +91,36 @@ def cudagraphs_given_up() -> str | None:
 
 
 def without_cudagraphs(train, callbacks):
-    """``train(hooks)``, run once more without CUDA graphs if torch's CUDA-graph trees fail in it
-    (CUDAGRAPH_TREE_ERROR). ``hooks`` are ``callbacks`` (None stays None), each counting its calls, so that the
-    second run, which trains from the start again, delivers to each callback only the calls the first run had not
-    delivered: each step's record reaches its callers once (the first run's for the steps it reached, the second
-    run's after; the two differ only by the compiled kernels' rounding: same seed, draws and schedule), and a call
-    whose callback raised (a pruned student) raises the same exception at the same call, so the student stops where
-    it stopped. Session 17 (2x H200) met the error about 7 s into a worker's third group, after records had gone
-    out; it was then the trial's error and three finished-looking trials failed.
+    """``train(hooks)``, run again if torch's CUDA-graph trees fail in it (CUDAGRAPH_TREE_ERROR): first with CUDA
+    graphs recorded afresh, and if they fail again in the same training, without CUDA graphs.
 
-    The process then compiles in ``default`` mode for good (every engine is keyed by :func:`compile_mode`, so new
-    ones are built: one more compilation) and says so once on stderr. Any other error, or the same error in a
-    process already without CUDA graphs, propagates: the trial fails as before.
+    ``hooks`` are ``callbacks`` (None stays None), each counting its calls, so that a run after a failure, which
+    trains from the start again, delivers to each callback only the calls no earlier run had delivered: each step's
+    record reaches its callers once (the first run's for the steps it reached, the next run's after; the runs differ
+    only by the compiled kernels' rounding: same seed, draws and schedule), and a call whose callback raised (a pruned
+    student) raises the same exception at the same call, so the student stops where it stopped. Session 17 (2x H200)
+    met the error about 7 s into a worker's third group, after records had gone out; it was then the trial's error
+    and three finished-looking trials failed.
+
+    The first failure resets torch's compiler state (``torch.compiler.reset()``, which clears the CUDA-graph trees
+    with Dynamo's caches): the engines stay, and their next calls compile again, mostly from the compile caches that
+    the first compilation filled, and record new graphs. The mode without CUDA graphs is slow: session 18's NFE-3
+    group trained at 238-254 ms an iteration in ``default`` mode against 92-97 ms with CUDA graphs for the other
+    GPU's group (one H200 each). A second failure in the same training moves the process to ``default`` mode for
+    good (every engine is keyed by :func:`compile_mode`, so new ones are built: one more compilation); session 14's
+    process met the error in three trainings in a row, before any retry existed. Each of these says so on stderr.
+    Any other error, or the same error in a process without CUDA graphs, propagates: the trial fails as before.
     """
     global _CUDAGRAPHS_GIVEN_UP
     calls = [0] * len(callbacks)  # this run's calls of each hook
-    skip = [0] * len(callbacks)  # the second run: calls the first one delivered (all of its calls)
+    skip = [0] * len(callbacks)  # a run after a failure: the calls earlier runs delivered (all of their calls)
     raised: list[dict] = [{} for _ in callbacks]  # call index -> what the callback raised there
 
     def told(i, fn):
         def hook(*args):
             k = calls[i]
             calls[i] += 1
-            if k < skip[i]:  # the second run: this call already reached its caller
+            if k < skip[i]:  # a run after a failure: this call already reached its caller
                 if k in raised[i]:
                     raise raised[i][k]
                 return None
@@ -123,18 +132,27 @@ def without_cudagraphs(train, callbacks):
         return None if fn is None else hook
 
     hooks = [told(i, fn) for i, fn in enumerate(callbacks)]
-    try:
-        return train(hooks)
-    except RuntimeError as e:
-        if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode():
-            raise
-        _CUDAGRAPHS_GIVEN_UP = f"torch's CUDA-graph trees failed ({CUDAGRAPH_TREE_ERROR}; pytorch/pytorch#154306)"
-        print(f"fast path: {_CUDAGRAPHS_GIVEN_UP}; this process trains on without CUDA graphs (compile mode "
-              "'default': Inductor's kernels launched one by one, slower); the training that failed starts again "
-              f"({sum(calls)} record(s) its callers already had are not delivered twice)",
-              file=sys.stderr, flush=True)
-    skip[:], calls[:] = calls, [0] * len(callbacks)
-    return train(hooks)
+    failures = 0
+    while True:
+        try:
+            return train(hooks)
+        except RuntimeError as e:
+            if CUDAGRAPH_TREE_ERROR not in str(e) or "reduce-overhead" not in compile_mode():
+                raise
+        failures += 1
+        skip[:] = [max(s, c) for s, c in zip(skip, calls)]
+        calls[:] = [0] * len(callbacks)
+        why = f"torch's CUDA-graph trees failed ({CUDAGRAPH_TREE_ERROR}; pytorch/pytorch#154306)"
+        if failures == 1:
+            torch.compiler.reset()
+            what = ("this process records its CUDA graphs again (torch.compiler.reset(): its graphs compile again, "
+                    "from the compile caches where they can)")
+        else:
+            _CUDAGRAPHS_GIVEN_UP = f"{why} twice in one training"
+            what = ("twice in one training: this process trains on without CUDA graphs (compile mode 'default': "
+                    "Inductor's kernels launched one by one, slower)")
+        print(f"fast path: {why}; {what}; the training that failed starts again ({sum(skip)} record(s) its "
+              "callers already had are not delivered twice)", file=sys.stderr, flush=True)
 
 
 def force_layout_opt() -> bool:

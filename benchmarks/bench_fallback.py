@@ -4,8 +4,9 @@ them (compile mode ``default``), measured one after the other in one run on one 
     python benchmarks/bench_fallback.py [--preset fmnist-gpu] [--device cuda] [--out fallback.json]
     python benchmarks/bench_fallback.py --quick        # CPU smoke run (eager both times: no ratio to read)
 
-A process falls back to ``default`` for good when torch's CUDA-graph trees fail in it (``fast.without_cudagraphs``,
-pytorch/pytorch#154306), and ``BDENSE_COMPILE_MODE=default`` chooses it by hand. Rows: the SFD iteration as the
+A process falls back to ``default`` for good when torch's CUDA-graph trees fail twice in one training
+(``fast.without_cudagraphs``, pytorch/pytorch#154306; the first time it records its graphs again), and
+``BDENSE_COMPILE_MODE=default`` chooses it by hand. Rows: the SFD iteration as the
 campaign trains it (the preset's S, NFE 2, 3 students from a trajectory bank), and the PD update (K = 2, fp32).
 Each engine is compiled once, then timed (steady state, from the first record block to the last).
 """

@@ -211,13 +211,14 @@ TREE_ERROR = ("TODO: graph recording observed an input tensor deallocate during 
               "occur during replay. Please file an issue.")  # torch's message, as the H200 runs printed it
 
 
-def fail_first(monkeypatch, module, name, error, after=None):
-    """Make ``module.name`` raise ``error`` on its first call (after ``after(*args)`` if given), then be itself."""
+def fail_first(monkeypatch, module, name, error, after=None, times=1):
+    """Make ``module.name`` raise ``error`` on its first ``times`` calls (each after ``after(*args)`` if given), then
+    be itself."""
     real, calls = getattr(module, name), []
 
     def wrapped(*args, **kw):
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) <= times:
             if after is not None:
                 after(*args)
             raise error
@@ -227,11 +228,23 @@ def fail_first(monkeypatch, module, name, error, after=None):
     return calls
 
 
-def test_a_cudagraph_tree_failure_before_any_record_trains_the_group_again_without_cudagraphs(
+def count_resets(monkeypatch):
+    """Count the calls of ``torch.compiler.reset`` (each still resets)."""
+    real, resets = torch.compiler.reset, []
+
+    def reset():
+        resets.append(1)
+        real()
+
+    monkeypatch.setattr(torch.compiler, "reset", reset)
+    return resets
+
+
+def test_a_cudagraph_tree_failure_before_any_record_records_the_graphs_again_and_trains_the_group_again(
         teacher, monkeypatch, capsys):
-    """torch's CUDA-graph-tree error (pytorch#154306) at the start of a group's training: the process gives CUDA
-    graphs up (compile mode 'default' from then on: engines are keyed by it) and trains the group again from its
-    start, so every student's records equal a clean run's and each callback sees each step once."""
+    """torch's CUDA-graph-tree error (pytorch#154306) at the start of a group's training: the process resets torch's
+    compiler state (the trees with it), keeps CUDA graphs and trains the group again from its start, so every
+    student's records equal a clean run's and each callback sees each step once."""
     from bdense_core import fast
     from bdense_core.distill import sfd
 
@@ -240,14 +253,52 @@ def test_a_cudagraph_tree_failure_before_any_record_trains_the_group_again_witho
     configs = [short(**kw) for kw in MIXED]
     clean = train_sfd_many(teacher, configs)
     assert fast.compile_mode() == "reduce-overhead" and fast.cudagraphs_given_up() is None
+    resets = count_resets(monkeypatch)
     calls = fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR))
     seen = [[], [], []]
     again = train_sfd_many(teacher, configs, callbacks=[seen[n].append for n in range(3)])
-    assert len(calls) == 2 and fast.compile_mode() == "default" and "pytorch#154306" in fast.cudagraphs_given_up()
-    assert "trains on without CUDA graphs" in capsys.readouterr().err
+    assert len(calls) == 2 and len(resets) == 1
+    assert fast.compile_mode() == "reduce-overhead" and fast.cudagraphs_given_up() is None
+    assert "records its CUDA graphs again" in capsys.readouterr().err
     for a, b, recs in zip(clean, again, seen):
         assert a.history == b.history and recs == b.history
-    # a second failure in a process already without CUDA graphs is the trial's error, as before
+    # the next training meets it once again: the graphs are recorded again again, CUDA graphs kept
+    fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR))
+    assert [r.history for r in train_sfd_many(teacher, configs)] == [r.history for r in clean]
+    assert len(resets) == 2 and fast.cudagraphs_given_up() is None
+
+
+def test_the_tree_error_twice_in_one_training_gives_cuda_graphs_up_and_delivers_each_step_once(
+        teacher, monkeypatch, capsys):
+    """Twice in one training (the second time further in than the first): the process compiles without CUDA graphs
+    from then on and trains the group a third time; each callback still sees each step once. The same error in a
+    process without CUDA graphs is the trial's error."""
+    from bdense_core import fast
+    from bdense_core.distill import sfd
+
+    monkeypatch.delenv("BDENSE_COMPILE_MODE", raising=False)
+    monkeypatch.setattr(fast, "_CUDAGRAPHS_GIVEN_UP", None)
+    configs = [short(**kw) for kw in MIXED]
+    clean = train_sfd_many(teacher, configs)
+    resets = count_resets(monkeypatch)
+    state = {"runs": 0}
+
+    def partly(teacher_, cfgs, banks, hooks, *rest):  # the first run delivers step 1, the second steps 1-2
+        state["runs"] += 1
+        for n, h in enumerate(hooks):
+            for rec in clean[n].history[:state["runs"]]:
+                h(rec)
+
+    calls = fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR), after=partly, times=2)
+    seen = [[], [], []]
+    again = train_sfd_many(teacher, configs, callbacks=[seen[n].append for n in range(3)])
+    assert len(calls) == 3 and len(resets) == 1 and state["runs"] == 2
+    assert fast.compile_mode() == "default" and "twice in one training" in fast.cudagraphs_given_up()
+    err = capsys.readouterr().err
+    assert "records its CUDA graphs again" in err and "trains on without CUDA graphs" in err
+    assert "(3 record(s)" in err and "(6 record(s)" in err  # 3 students: step 1, then steps 1-2
+    for a, b, recs in zip(clean, again, seen):
+        assert recs == b.history == a.history and [r["step"] for r in recs] == [1.0, 2.0, 3.0]
     fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR))
     with pytest.raises(RuntimeError, match="input tensor deallocate"):
         train_sfd_many(teacher, configs)
@@ -274,7 +325,7 @@ def test_a_cudagraph_tree_failure_after_records_went_out_trains_again_and_delive
             raise ValueError("pruned at step 2")
 
     again = train_sfd_many(teacher, configs, callbacks=[seen[0].append, pruner, seen[2].append])
-    assert len(calls) == 2 and fast.compile_mode() == "default"
+    assert len(calls) == 2 and fast.compile_mode() == "reduce-overhead"
     for n in (0, 2):
         assert [r["step"] for r in seen[n]] == [1.0, 2.0, 3.0] and seen[n] == clean[n].history == again[n].history
     assert isinstance(again[1], ValueError) and str(again[1]) == "pruned at step 2"
@@ -298,10 +349,10 @@ def test_other_errors_and_the_tree_error_without_cudagraphs_are_not_retried(teac
         train_sfd_many(teacher, configs)
 
 
-def test_pd_trains_again_without_cudagraphs_after_the_tree_error_before_or_after_a_round(teacher, monkeypatch):
-    """PD the same way: the error before any record or round went out trains again from the start (same records
-    and rounds as a clean run); after a round reached its caller, it trains again too and that round is not
-    delivered twice."""
+def test_pd_trains_again_after_the_tree_error_before_or_after_a_round(teacher, monkeypatch):
+    """PD the same way: the error before any record or round went out trains again from the start with the graphs
+    recorded again (same records and rounds as a clean run); twice, after a round reached its caller each time, it
+    trains a third time without CUDA graphs and no round is delivered twice."""
     from bdense_core import fast
     from bdense_core.data import load_images
     from bdense_core.distill import progressive
@@ -317,14 +368,15 @@ def test_pd_trains_again_without_cudagraphs_after_the_tree_error_before_or_after
     seen, rounds_again = [], []
     again = pd.train(teacher, cfg, data=data, callback=seen.append,
                      on_round=lambda i, n, r: rounds_again.append((i, n)))
-    assert len(calls) == 2 and fast.compile_mode() == "default"
+    assert len(calls) == 2 and fast.compile_mode() == "reduce-overhead"
     assert again.history == clean.history == seen and rounds_again == rounds == [(1, 4), (2, 2)]
-    monkeypatch.setattr(fast, "_CUDAGRAPHS_GIVEN_UP", None)
 
     rounds_again = []
-    fail_first(monkeypatch, progressive, "_distill_pd", RuntimeError(TREE_ERROR), after=progressive._distill_pd)
+    calls = fail_first(monkeypatch, progressive, "_distill_pd", RuntimeError(TREE_ERROR),
+                       after=progressive._distill_pd, times=2)
     again = pd.train(teacher, cfg, data=data, on_round=lambda i, n, r: rounds_again.append((i, n)))
-    assert rounds_again == rounds and again.history == clean.history and fast.compile_mode() == "default"
+    assert len(calls) == 3 and rounds_again == rounds and again.history == clean.history
+    assert fast.compile_mode() == "default"
 
 
 def test_no_gc_holds_automatic_collection_off_and_restores_the_state_before():
@@ -460,6 +512,32 @@ def test_fast_training_follows_the_eager_path(gpu_teacher):
     rel = [abs(f - e) / e for f, e in zip(fast, eager)]
     assert max(rel) < 0.03, rel  # bf16 network, fp32 losses
     assert sum(fast) / len(fast) == pytest.approx(sum(eager) / len(eager), rel=0.01)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_tree_failure_on_the_gpu_records_the_graphs_again_and_trains_as_before(gpu_teacher, monkeypatch):
+    """On a GPU the first tree error really resets torch's compiler (the CUDA-graph trees with it) and the group
+    trains again on freshly recorded graphs: a fast-path training of three students ran to its end and replayed its
+    graphs, then the error; the run again keeps CUDA graphs and follows the first run's losses step by step."""
+    from bdense_core import fast
+    from bdense_core.distill import sfd
+
+    monkeypatch.delenv("BDENSE_COMPILE_MODE", raising=False)
+    monkeypatch.setattr(fast, "_CUDAGRAPHS_GIVEN_UP", None)
+    cfg = replace(get_preset("fmnist-gpu").config("sfd"), teacher_substeps=4, iterations=GPU_STEPS, fast=True)
+    configs = [replace(cfg, branches=k, weights=BranchWeights(a=0.5), seed=s) for k, s in ((4, 0), (4, 1), (1, 2))]
+    banks = [build_trajectory_bank(gpu_teacher, GPU_STEPS * cfg.batch_size, c, seed=c.seed) for c in configs]
+    clean = train_sfd_many(gpu_teacher, configs, banks)
+    resets = count_resets(monkeypatch)
+    calls = fail_first(monkeypatch, sfd, "_train_group", RuntimeError(TREE_ERROR), after=sfd._train_group)
+    seen = [[], [], []]
+    again = train_sfd_many(gpu_teacher, configs, banks, callbacks=[seen[n].append for n in range(3)])
+    assert len(calls) == 2 and len(resets) == 1 and fast.compile_mode() == "reduce-overhead"
+    for a, b, recs in zip(clean, again, seen):
+        assert len(recs) == GPU_STEPS and [r["step"] for r in recs] == [r["step"] for r in a.history]
+        rel = [abs(x["loss"] - y["loss"]) / y["loss"] for x, y in zip(b.history, a.history)]
+        assert max(rel) < 0.01, rel
 
 
 @pytest.mark.gpu
