@@ -67,6 +67,16 @@ def style() -> Iterator[None]:
         yield
 
 
+def add_footer(fig, text: str, fontsize: float = 8) -> None:
+    """``text`` in small grey type under the figure, wrapped to its width (``save_figure``'s tight bounding box
+    keeps it): the report writes there what the figure rests on (training length, seeds, samples, machines)."""
+    import textwrap
+
+    width = max(40, int(fig.get_size_inches()[0] * 72 / (fontsize * 0.55)))
+    fig.text(0.0, 0.0, textwrap.fill(text, width), ha="left", va="top", fontsize=fontsize, color="0.35",
+             transform=fig.transFigure)
+
+
 def save_figure(fig, out_dir: str | Path, name: str, formats: Sequence[str] = FORMATS,
                 close: bool = True) -> list[Path]:
     """Save ``fig`` as ``out_dir/name.png`` and ``.svg``; returns the paths. Closes pyplot figures."""

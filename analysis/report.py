@@ -151,7 +151,7 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
 
     from . import figures as F
     from .fit import ABFitError, fit_ab_relation
-    from .summary import pick_curve_trials
+    from .summary import pick_curve_trials, provenance
     uri = tracking_uri or study.user_attrs.get("mlflow_uri") or default_tracking_uri()
     have_mlflow = tracking_store_exists(uri)
     if explicit_tracking and not have_mlflow:
@@ -183,11 +183,13 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
             warnings.simplefilter("ignore")
             return load_metric_histories(uri, list(picks["mlflow_run_id"]), keys=("loss", "loss_branch_*"))
 
+    foot = provenance(trials)
     figs: list[FigureOutput] = []
     for name, title, make in _figure_jobs(study, trials, histories, fit, quantile, top_n):
         fo = FigureOutput(name=name, title=title)
         try:
             fig = make()
+            F.add_footer(fig, foot)  # what the figure rests on: training length, seeds, samples, machines
             fo.paths = F.save_figure(fig, out, name)
         except F.NotEnoughData as exc:
             fo.note = str(exc)
@@ -245,7 +247,8 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
     from .fit import main_nfe
     from .paired import paired_tables
     from .summary import (ablation_names, ablation_table, configurations, headline, headline_fidelity,
-                          replicate_band, round_table, settings_for, state_counts, uniform_baseline)
+                          provenance, replicate_band, round_table, settings_for, state_counts,
+                          uniform_baseline)
 
     done = trials[trials["state"] == "COMPLETE"]
     nfe = main_nfe(trials)
@@ -274,6 +277,7 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
         # where the completed trials trained (the "device" attribute; older trials have none)
         "devices": ({str(k): int(v) for k, v in done["device"].fillna("not recorded").value_counts().sort_index().items()}
                     if "device" in done.columns else {"not recorded": int(len(done))}),
+        "provenance": provenance(trials),  # the foot of every figure
         "headline_fidelity": hf,
         "headline": heads,
         "uniform": uniform_baseline(trials),
@@ -576,6 +580,8 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
             lines += ["", f"Training: {s.get('ablation_settings', {}).get(name, 'n/a')}.", ""]
 
     lines += ["", "## Figures", ""]
+    if s.get("provenance"):
+        lines += [f"Under each figure, what it rests on: {s['provenance']}.", ""]
     for fo in figs:
         if fo.made:
             png, svg = fo.paths[0].name, fo.paths[1].name

@@ -289,6 +289,34 @@ def settings_for(trials: pd.DataFrame, nfe: int | None = None, fidelity: str | N
     return settings(sub)
 
 
+def machine_of(device: Any) -> str:
+    """The machine a trial's ``device`` attribute names ("cuda:1 (NVIDIA H200)" -> "NVIDIA H200"; "cpu" stays)."""
+    if device is None or (isinstance(device, float) and math.isnan(device)):
+        return "not recorded"
+    text = str(device)
+    return text[text.index("(") + 1:-1] if text.endswith(")") and "(" in text else text
+
+
+def provenance(trials: pd.DataFrame) -> str:
+    """One line for the foot of a figure: each fidelity's completed trials with their training length and seeds,
+    the FID sample count, and the machines they trained on (the ``device`` attribute; older trials have none)."""
+    done = completed(trials)
+    parts = []
+    for fid in C.FIDELITIES:
+        keep = pd.Series([C.fidelity_of(r) == fid for r in records(done)], index=done.index, dtype=bool)
+        sub = done[keep]
+        if len(sub):
+            sub.attrs = trials.attrs
+            parts.append(f"{fid} trials ({len(sub)}): {settings(sub, fields=[C.ITERATIONS, C.SEEDS])['text']}")
+    samples = trials.attrs.get("study", {}).get("fid_samples")
+    if samples:
+        parts.append(f"FID on {int(samples):,} samples")
+    machines = Counter(machine_of(d) for d in (done["device"] if "device" in done else [None] * len(done)))
+    parts.append("machines: " + ", ".join(f"{m} ({n})" for m, n in sorted(
+        machines.items(), key=lambda kv: (kv[0] == "not recorded", -kv[1], kv[0]))))
+    return "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------- ablations
 def ablation_names(trials: pd.DataFrame) -> list[str]:
     roles = trials["role"].dropna().astype(str)

@@ -416,6 +416,13 @@ def test_report_cli_on_synthetic_study(synth, tmp_path):
         _assert_svg(out / f"{name}.svg")
     # the schedule grid has only a waiting trial: no figure, a note instead
     assert not (out / "ablation_schedule.png").exists()
+    # every figure's foot names what it rests on (the guide: training length, seeds, samples, machine)
+    foot = json.loads((out / "summary.json").read_text())["provenance"]
+    assert "iterations" in foot and "seeds" in foot and "FID on" in foot and "machines:" in foot
+    for name in EXPECTED_FIGURES:
+        svg = " ".join((out / f"{name}.svg").read_text().split())
+        assert all(piece in svg for piece in foot.split("; ")), name
+    assert f"Under each figure, what it rests on: {foot}." in (out / "summary.md").read_text()
 
     csv = pd.read_csv(out / "trials.csv")
     assert len(csv) == synth.n_trials and sorted(csv["number"]) == list(range(synth.n_trials))
@@ -1015,3 +1022,22 @@ def test_compare_gives_each_nfes_change_and_names_what_else_differs(capsys):
     assert main(["--old", str(journal), "nope", "--new", str(journal), "fmnist-pd"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no study named 'nope'" in err
+
+
+def test_provenance_names_each_fidelitys_length_and_seeds_the_samples_and_the_machines():
+    from analysis.summary import machine_of, provenance
+
+    rows = [dict(number=0, state="COMPLETE", fidelity="screen", iterations=80, seeds=[0], device="cuda:0 (NVIDIA H100)"),
+            dict(number=1, state="COMPLETE", fidelity="screen", iterations=80, seeds=[0], device=None),
+            dict(number=2, state="COMPLETE", fidelity="full", iterations=1563, seeds=[1000, 1001, 1002],
+                 device="cuda:1 (NVIDIA H200)"),
+            dict(number=3, state="COMPLETE", fidelity="full", iterations=1563, seeds=[1000, 1001, 1002],
+                 device="cuda:0 (NVIDIA H200)"),
+            dict(number=4, state="FAIL", fidelity="full", iterations=1563, seeds=[1003], device="cpu")]
+    trials = pd.DataFrame(rows).assign(value=[22.0, 21.5, 16.5, 16.0, float("nan")])
+    trials.attrs["study"] = {"fid_samples": 10000}
+    assert provenance(trials) == ("screen trials (2): 80 iterations; seeds 0 (1 per trial); full trials (2): "
+                                  "1563 iterations; seeds 1000, 1001, 1002 (3 per trial); FID on 10,000 samples; "
+                                  "machines: NVIDIA H200 (2), NVIDIA H100 (1), not recorded (1)")
+    assert machine_of("cpu") == "cpu" and machine_of(float("nan")) == "not recorded"
+
