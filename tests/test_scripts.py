@@ -686,6 +686,110 @@ def test_a_chain_stops_with_one_line_when_an_asset_is_not_staged(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "went-on"
 
 
+def test_a_chain_started_in_the_first_call_waits_for_the_assets_later_calls_stage(tmp_path):
+    """wait_assets SECONDS (deadline.sh): a chain whose banks need only the teacher starts in the first call and waits
+    for the data and the Inception that later calls stage; it goes on as soon as they are there, and stops with
+    need_assets' line and status 2 when they are still missing after SECONDS."""
+    import subprocess
+    import threading
+    import time
+
+    work = _chain_dir(tmp_path)
+    stage = tmp_path / "stage"
+    run = lambda seconds: subprocess.run(  # noqa: E731
+        ["bash", "-c", f"source scripts/gpu/deadline.sh >/dev/null; wait_assets {seconds}; echo went-on"], cwd=work,
+        env={"PATH": "/usr/bin:/bin", "MINUTES": "5", "BDENSE_STAGE_DIR": str(stage)}, capture_output=True, text=True)
+    t0 = time.monotonic()
+    proc = run(2)
+    assert proc.returncode == 2 and "went-on" not in proc.stdout and "data=no" in proc.stdout
+    assert time.monotonic() - t0 >= 2
+
+    def staged_later():  # what the staging calls leave, 3 s after the chain started waiting
+        time.sleep(3)
+        (stage / "assets").mkdir(parents=True, exist_ok=True)
+        for done in ("data.done", "test.done", "wheels.done"):
+            (stage / done).touch()
+        (stage / "assets" / "inception.pt").write_bytes(b"staged")
+
+    later = threading.Thread(target=staged_later)
+    t0 = time.monotonic()
+    later.start()
+    proc = run(60)
+    later.join()
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("went-on")
+    assert 3 <= time.monotonic() - t0 < 30
+
+
+def _run_call_20(tmp_path, gpus: int, minutes: int, nfes: str = "4 5"):
+    """results/fmnist-campaign/call-20.sh with its device work stubbed: a fake ``nvidia-smi`` naming ``gpus`` GPUs,
+    ``bg.sh`` and ``study.sh`` that only write down how they were called, the assets already staged. Returns
+    the calls, in order."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    work = _chain_dir(tmp_path)
+    (work / "results" / "fmnist-campaign").mkdir(parents=True)
+    chain = work / "results" / "fmnist-campaign" / "call-20.sh"
+    chain.write_bytes((repo / "results" / "fmnist-campaign" / "call-20.sh").read_bytes())
+    log, stage, bin_ = tmp_path / "calls.log", tmp_path / "stage", tmp_path / "bin"
+    bin_.mkdir()
+    for name, body in (("scripts/gpu/bg.sh", f'echo "bg $*" >> {log}'),
+                       ("scripts/gpu/study.sh", f'echo "study $*" >> {log}'),
+                       ("scripts/gpu/monitor.sh", "true")):
+        (work / name).write_text(body + "\n")
+    smi = bin_ / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f'echo "GPU {g}: NVIDIA H200 (UUID: GPU-{g})"\n' for g in range(gpus)))
+    smi.chmod(0o755)
+    (stage / "assets").mkdir(parents=True)
+    for done in ("data.done", "test.done", "wheels.done"):
+        (stage / done).touch()
+    (stage / "assets" / "inception.pt").write_bytes(b"staged")
+    (stage / "cache").mkdir()
+    (stage / "cache" / "bank-0123456789abcdef.pt").write_bytes(b"an earlier NFE's bank")
+    proc = subprocess.run(["bash", str(chain)], cwd=work, capture_output=True, text=True, env={
+        "PATH": f"{bin_}:/usr/bin:/bin", "MINUTES": str(minutes), "NFES": nfes, "BDENSE_STAGE_DIR": str(stage)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return log.read_text().splitlines(), proc.stdout, stage
+
+
+def test_the_nfe_chain_solves_each_bank_in_one_part_a_gpu_then_runs_one_worker_a_gpu(tmp_path):
+    """call-20.sh (the NFE-4 and NFE-5 headline on whatever machine is lent): with 2 GPUs each of an NFE's three
+    banks is solved in two parts, one on each GPU, before its study starts with two workers; with 4, four parts and
+    three workers (three trials); with 1, whole banks. The study options are the banks' (the same bank keys)."""
+    calls, out, stage = _run_call_20(tmp_path / "two", gpus=2, minutes=30, nfes="4")
+    banks = [c for c in calls if "banks.py" in c]
+    assert len(banks) == 2 and all(f"--bank 4:full:{s}:{g}/2" in banks[g - 1] for g in (1, 2)
+                                   for s in (1000, 1001, 1002))
+    assert banks[0].endswith("--device cuda:0") and banks[1].endswith("--device cuda:1")
+    study = [c for c in calls if c.startswith("study")]
+    assert calls.index(study[0]) > max(calls.index(b) for b in banks)
+    assert "--ablation nfe --ablation-length full --ablation-nfe 4 --workers 2 --devices cuda:0,cuda:1" in study[0]
+    options = "--preset fmnist-gpu --k 2 3 4 6 8 --confirm-top 5 --confirm-seeds 3"
+    assert options in study[0] and banks[0].split(" -- ")[1].startswith(options)
+    assert study[-1] == "study 1"  # the pack with every trial
+
+    calls, _, _ = _run_call_20(tmp_path / "four", gpus=4, minutes=30, nfes="4")
+    banks = [c for c in calls if "banks.py" in c]
+    assert len(banks) == 4 and "--bank 4:full:1002:4/4" in banks[3] and banks[3].endswith("cuda:3")
+    assert "--workers 3 --devices cuda:0,cuda:1,cuda:2" in [c for c in calls if "--ablation-nfe" in c][0]
+
+    calls, _, _ = _run_call_20(tmp_path / "one", gpus=1, minutes=30, nfes="4")
+    banks = [c for c in calls if "banks.py" in c]
+    assert len(banks) == 1 and "--bank 4:full:1000 --bank 4:full:1001 --bank 4:full:1002 --" in banks[0]
+    assert "--workers 1 --devices cuda:0" in [c for c in calls if "--ablation-nfe" in c][0]
+
+
+def test_the_nfe_chain_starts_the_next_nfe_only_with_time_left_and_without_the_last_ones_banks(tmp_path):
+    calls, out, stage = _run_call_20(tmp_path / "room", gpus=2, minutes=30)
+    nfes = [c.split("--ablation-nfe ")[1].split()[0] for c in calls if "--ablation-nfe" in c]
+    assert nfes == ["4", "5"] and any("--bank 5:full:1000:1/2" in c for c in calls)
+    assert not list((stage / "cache").glob("bank-*.pt"))  # deleted before NFE 5's banks
+    calls, out, stage = _run_call_20(tmp_path / "short", gpus=2, minutes=10)
+    assert [c for c in calls if "--ablation-nfe" in c][0].count("--ablation-nfe 4") == 1
+    assert not any("--ablation-nfe 5" in c or "--bank 5:" in c for c in calls)
+    assert "NFE 5 not started" in out and list((stage / "cache").glob("bank-*.pt"))
+
+
 def test_bench_trials_rates_of_a_file_that_is_not_a_kept_study_is_one_line_and_status_2(tmp_path):
     import subprocess
     import sys

@@ -4,6 +4,8 @@
 #   lane   a study's minutes: one less, for the pack after it (at least 1: `timeout 0` would never stop it)
 #   need_assets   exit 2 with one line unless the data, the wheels and the Inception are all staged (session 17's
 #          first chain started with the data's part missing and every study in it stopped at loading the images)
+#   wait_assets SECONDS   need_assets after waiting up to SECONDS for them (a chain started in the first call, whose
+#          banks need only the teacher and the wheels, while later calls still stage the data and the Inception)
 # It also sets what every chain sets: stop on Ctrl-C, 2 CPU threads a process unless set, unbuffered Python, and
 # stage.sh's environment (PYTHONPATH with the staged wheels, the cache, data and Inception): a chain must not rely
 # on the call that started it having sourced stage.sh (session 12's chain inherited none, because that call ran
@@ -20,4 +22,12 @@ need_assets() {
   case "$said" in *"data=yes wheels=yes inception=yes"*) return 0;; esac
   echo "${0##*/}: not every asset is staged ($said): carry the missing .gpu/pN parts, then start the chain again"
   exit 2
+}
+wait_assets() {
+  local end=$(( $(date +%s) + ${1:-0} ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    case "$(stage_status)" in *"data=yes wheels=yes inception=yes"*) return 0;; esac
+    sleep 5
+  done
+  need_assets
 }
