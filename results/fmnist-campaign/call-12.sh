@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The NFE-3 headline at full length on one 2-GPU machine (nvidia-h200-x2, counted at full rate; planned, not run
-# yet): uniform K = 4 and the confirmed best (K = 6, a = 0.972, b = 1.82), each one trial whose three students (seeds
+# The NFE-3 headline at full length on one 2-GPU machine (nvidia-h200-x2, counted at full rate): uniform K = 4 and
+# the confirmed best (K = 6, a = 0.972, b = 1.82), each one trial whose three students (seeds
 # 1000-1002) train together as one batched model, each from its own bank of 200,064 paths. K = 1 ran in session 16
 # on one H200 (call-18.sh) and is in report-sfd-2026-11-29, so the resumed command queues only these two: one a GPU.
+# Ran in session 18 with MINUTES=26 and no compile cache (log: call-12.log): banks 315 and 321 s, seed 1002's halves
+# 140 and 174 s (ready 8.5 minutes after call 1); both trials complete in 12:44 (best K = 6: 295 s on cuda:1; uniform
+# K = 4: 684 s on cuda:0, where torch's CUDA-graph error came about 140 iterations in and the fallback trained it
+# again at 238-254 ms an iteration against 92-97 ms with CUDA graphs); the chain ended with 6 minutes left, too few
+# for bench_fallback.
 # Sessions 6-9 ran NFE 3 on 4x H100 and lost it (the machine, or the time); since session 16 the banks (14.1 GiB
 # each) are mapped from their files, one copy in the page cache for both workers, and each group copies only the
 # points its students need to its GPU.
