@@ -788,6 +788,11 @@ def test_the_nfe_chain_starts_the_next_nfe_only_with_time_left_and_without_the_l
     assert [c for c in calls if "--ablation-nfe" in c][0].count("--ablation-nfe 4") == 1
     assert not any("--ablation-nfe 5" in c or "--bank 5:" in c for c in calls)
     assert "NFE 5 not started" in out and list((stage / "cache").glob("bank-*.pt"))
+    # what the next NFE needs left depends on the GPUs that share its banks: 18 minutes are too few on two, enough on four
+    calls, out, _ = _run_call_20(tmp_path / "two-18", gpus=2, minutes=18)
+    assert "NFE 5 not started" in out and not any("--ablation-nfe 5" in c for c in calls)
+    calls, out, _ = _run_call_20(tmp_path / "four-18", gpus=4, minutes=18)
+    assert any("--ablation-nfe 5 --workers 3" in c for c in calls) and any("--bank 5:full:1002:4/4" in c for c in calls)
 
 
 def test_bench_trials_rates_of_a_file_that_is_not_a_kept_study_is_one_line_and_status_2(tmp_path):

@@ -6,8 +6,8 @@
 # does not finish an NFE solves the same banks again next time; finished trials come back in the pack).
 # Each NFE: its three banks solved in G parts, one part of every bank on each of the G GPUs (`banks.py --bank
 # NFE:full:SEED:g/G`; the part that ends last joins the bank), so the GPUs finish together; then the study with one
-# worker a GPU (at most three: three trials); the next NFE only with NEED minutes (default 12) left, after the
-# last NFE's bank files are deleted (NFE 4's three are 56 GiB, NFE 5's 70 GiB; the 2-GPU host's disk is 128 GiB).
+# worker a GPU (at most three: three trials); the next NFE only with NEED minutes left (default 25 / G + 7: its
+# banks and one group, 19 on two GPUs, 13 on four, 32 on one), after the last NFE's bank files are deleted (NFE 4's three are 56 GiB, NFE 5's 70 GiB; the 2-GPU host's disk is 128 GiB).
 # The chain starts in the first call: the banks need only the shipped teacher and the wheels, and the study waits
 # (wait_assets, deadline.sh) for the data and the Inception that the next calls stage.
 # Estimates (H200): an NFE-3 bank took 315-321 s with both GPUs solving (session 18), 283-348 s alone (session 16);
@@ -44,7 +44,7 @@ bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh $D/monitor 20
 first=1
 for N in ${NFES:-4 5}; do
   if [ $first = 0 ]; then
-    if [ "$(left)" -lt "${NEED:-12}" ]; then echo "call-20.sh: NFE $N not started ($(left) minutes left)"; break; fi
+    if [ "$(left)" -lt "${NEED:-$(( 25 / G + 7 ))}" ]; then echo "call-20.sh: NFE $N not started ($(left) minutes left)"; break; fi
     find "$BDENSE_CACHE_DIR" -name 'bank-*.pt' -delete  # the last NFE's banks: its study has ended
   fi
   first=0
