@@ -581,7 +581,7 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
 
     lines += ["", "## Figures", ""]
     if s.get("provenance"):
-        lines += [f"Under each figure, what it rests on: {s['provenance']}.", ""]
+        lines += [f"Under each figure: {s['provenance']}.", ""]
     for fo in figs:
         if fo.made:
             png, svg = fo.paths[0].name, fo.paths[1].name

@@ -298,8 +298,9 @@ def machine_of(device: Any) -> str:
 
 
 def provenance(trials: pd.DataFrame) -> str:
-    """One line for the foot of a figure: each fidelity's completed trials with their training length and seeds,
-    the FID sample count, and the machines they trained on (the ``device`` attribute; older trials have none)."""
+    """One line for the foot of a figure: the study's completed trials by fidelity with their training length and
+    seeds, the FID sample count, and the machines they trained on (the ``device`` attribute; older trials have
+    none). A figure draws from some of them (its title and labels say which); the line is the study's."""
     done = completed(trials)
     parts = []
     for fid in C.FIDELITIES:
@@ -307,14 +308,14 @@ def provenance(trials: pd.DataFrame) -> str:
         sub = done[keep]
         if len(sub):
             sub.attrs = trials.attrs
-            parts.append(f"{fid} trials ({len(sub)}): {settings(sub, fields=[C.ITERATIONS, C.SEEDS])['text']}")
+            parts.append(f"{fid} ({len(sub)}): {settings(sub, fields=[C.ITERATIONS, C.SEEDS])['text']}")
     samples = trials.attrs.get("study", {}).get("fid_samples")
     if samples:
         parts.append(f"FID on {int(samples):,} samples")
     machines = Counter(machine_of(d) for d in (done["device"] if "device" in done else [None] * len(done)))
     parts.append("machines: " + ", ".join(f"{m} ({n})" for m, n in sorted(
         machines.items(), key=lambda kv: (kv[0] == "not recorded", -kv[1], kv[0]))))
-    return "; ".join(parts)
+    return "the study's completed trials, " + "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- ablations

@@ -8,6 +8,7 @@ so the best schedules lie on the ridge ln b = C0 + C1 a, which the a-b fit must 
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -420,9 +421,11 @@ def test_report_cli_on_synthetic_study(synth, tmp_path):
     foot = json.loads((out / "summary.json").read_text())["provenance"]
     assert "iterations" in foot and "seeds" in foot and "FID on" in foot and "machines:" in foot
     for name in EXPECTED_FIGURES:
-        svg = " ".join((out / f"{name}.svg").read_text().split())
-        assert all(piece in svg for piece in foot.split("; ")), name
-    assert f"Under each figure, what it rests on: {foot}." in (out / "summary.md").read_text()
+        # matplotlib's SVG keeps each drawn line of text as a comment beside its glyph paths
+        drawn = " ".join(html.unescape(t) for t in re.findall(r"<!-- (.*?) -->", (out / f"{name}.svg").read_text(),
+                                                              flags=re.S))
+        assert " ".join(foot.split()) in " ".join(drawn.split()), name
+    assert f"Under each figure: {foot}." in (out / "summary.md").read_text()
 
     csv = pd.read_csv(out / "trials.csv")
     assert len(csv) == synth.n_trials and sorted(csv["number"]) == list(range(synth.n_trials))
@@ -1036,7 +1039,7 @@ def test_provenance_names_each_fidelitys_length_and_seeds_the_samples_and_the_ma
             dict(number=4, state="FAIL", fidelity="full", iterations=1563, seeds=[1003], device="cpu")]
     trials = pd.DataFrame(rows).assign(value=[22.0, 21.5, 16.5, 16.0, float("nan")])
     trials.attrs["study"] = {"fid_samples": 10000}
-    assert provenance(trials) == ("screen trials (2): 80 iterations; seeds 0 (1 per trial); full trials (2): "
+    assert provenance(trials) == ("the study's completed trials, screen (2): 80 iterations; seeds 0 (1 per trial); full (2): "
                                   "1563 iterations; seeds 1000, 1001, 1002 (3 per trial); FID on 10,000 samples; "
                                   "machines: NVIDIA H200 (2), NVIDIA H100 (1), not recorded (1)")
     assert machine_of("cpu") == "cpu" and machine_of(float("nan")) == "not recorded"
