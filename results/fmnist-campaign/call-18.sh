@@ -5,8 +5,8 @@
 # paths. Banks are solved from their seeds, so a trial this chain does not finish runs in a later session on the
 # same banks solved again; finished trials come back in the run folder's pack.
 # Session 16 ran it with MINUTES=25: banks 348, 298 and 283 s, K = 1 complete, uniform K = 4 stopped at iteration
-# 620 of 1,563 when the time ran out (306 s of the budget left). Next time MINUTES=27 and the rebuild from
-# report-sfd-2026-11-29 (which holds K = 1's trial): the resumed command queues the two configurations it lacks.
+# 620 of 1,563 when the time ran out (306 s of the budget left). The two configurations it lacked ran in session 18
+# on 2x H200 (call-12.sh): NFE 3 is complete; NFE 4 and 5 are call-20.sh's, on whichever machine is lent.
 # Estimate (one H200): a NFE-3 bank about 285 s (session 11: NFE 2 219 s on an H200; NFE 3/NFE 2 x1.3 on the H100s,
 # 383-388 s against 286-308 s), so the three banks one after another on the one GPU about 860 s; then each trial
 # compiles its own step (K differs) and trains 1,563 iterations of three students (H100, session 8's benchmark:
