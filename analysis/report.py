@@ -58,6 +58,7 @@ class FigureOutput:
     title: str
     paths: list[Path] = field(default_factory=list)
     note: str | None = None  # why it was skipped
+    foot: str | None = None  # what it draws from (summary.provenance), written under it
 
     @property
     def made(self) -> bool:
@@ -151,7 +152,7 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
 
     from . import figures as F
     from .fit import ABFitError, fit_ab_relation
-    from .summary import pick_curve_trials, provenance
+    from .summary import drawn_trials, pick_curve_trials, provenance
     uri = tracking_uri or study.user_attrs.get("mlflow_uri") or default_tracking_uri()
     have_mlflow = tracking_store_exists(uri)
     if explicit_tracking and not have_mlflow:
@@ -183,13 +184,13 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
             warnings.simplefilter("ignore")
             return load_metric_histories(uri, list(picks["mlflow_run_id"]), keys=("loss", "loss_branch_*"))
 
-    foot = provenance(trials)
     figs: list[FigureOutput] = []
     for name, title, make in _figure_jobs(study, trials, histories, fit, quantile, top_n):
         fo = FigureOutput(name=name, title=title)
         try:
             fig = make()
-            F.add_footer(fig, foot)  # what the figure rests on: training length, seeds, samples, machines
+            fo.foot = provenance(drawn_trials(trials, name))  # training length, seeds, samples, machines
+            F.add_footer(fig, f"Trials drawn: {fo.foot}")
             fo.paths = F.save_figure(fig, out, name)
         except F.NotEnoughData as exc:
             fo.note = str(exc)
@@ -206,8 +207,8 @@ def make_report(study_name: str, storage: str | None, out: str | Path, tracking_
     write_trials_csv(trials, out / "trials.csv")
 
     summary = build_summary(study_name, storage, trials, fit, fit_note, top_n)
-    summary["figures"] = {f.name: ({"png": f.paths[0].name, "svg": f.paths[1].name} if f.made else {"skipped": f.note})
-                          for f in figs}
+    summary["figures"] = {f.name: ({"png": f.paths[0].name, "svg": f.paths[1].name, "foot": f.foot} if f.made
+                                   else {"skipped": f.note}) for f in figs}
     summary = _clean(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "summary.md").write_text(render_markdown(summary, figs))
@@ -277,7 +278,7 @@ def build_summary(study_name: str, storage: Any, trials, fit, fit_note: str | No
         # where the completed trials trained (the "device" attribute; older trials have none)
         "devices": ({str(k): int(v) for k, v in done["device"].fillna("not recorded").value_counts().sort_index().items()}
                     if "device" in done.columns else {"not recorded": int(len(done))}),
-        "provenance": provenance(trials),  # the foot of every figure
+        "provenance": provenance(trials),  # every completed trial's; each figure's own foot is in "figures"
         "headline_fidelity": hf,
         "headline": heads,
         "uniform": uniform_baseline(trials),
@@ -581,11 +582,14 @@ def render_markdown(s: dict[str, Any], figs: list[FigureOutput]) -> str:
 
     lines += ["", "## Figures", ""]
     if s.get("provenance"):
-        lines += [f"Under each figure: {s['provenance']}.", ""]
+        lines += [f"Every figure's foot names the trials it draws from. All completed trials: {s['provenance']}.", ""]
     for fo in figs:
         if fo.made:
             png, svg = fo.paths[0].name, fo.paths[1].name
-            lines += [f"### {fo.title}", "", f"![{fo.title}]({png})", "", f"[PNG]({png}) · [SVG]({svg})", ""]
+            lines += [f"### {fo.title}", "", f"![{fo.title}]({png})", ""]
+            if fo.foot:
+                lines += [f"Trials drawn: {fo.foot}.", ""]
+            lines += [f"[PNG]({png}) · [SVG]({svg})", ""]
         else:
             lines += [f"### {fo.title}", "", f"_Skipped: {fo.note}_", ""]
     lines += ["Data: [trials.csv](trials.csv) (one row per trial), [summary.json](summary.json).", ""]

@@ -297,10 +297,35 @@ def machine_of(device: Any) -> str:
     return text[text.index("(") + 1:-1] if text.endswith(")") and "(" in text else text
 
 
+def drawn_trials(trials: pd.DataFrame, figure: str) -> pd.DataFrame:
+    """The completed trials the report's figure ``figure`` draws from (the subject of its foot): Figure 4 and FID
+    vs K the screen at the study's NFE; the headline figure each NFE's headline fidelity; an ablation its own
+    trials (and, except the ``nfe`` grid, the screen's K = 1 replicates whose band it shades); any other figure
+    (Optuna's, the fidelity figure, the loss curves) every completed trial."""
+    done = completed(trials)
+    recs = records(done)
+    nfe = main_nfe(trials)
+    screen_here = [C.fidelity_of(r) == C.SCREEN and C.nfe_of(r, nfe) == nfe for r in recs]
+    if figure in ("ab_vs_fid", "fid_vs_k"):
+        keep = screen_here
+    elif figure == "baseline_vs_bdense":
+        shown = {(row["nfe"], row["fidelity"]) for row in headline(trials)}
+        keep = [(C.nfe_of(r, nfe), C.fidelity_of(r)) in shown for r in recs]
+    elif figure.startswith("ablation_"):
+        name = figure[len("ablation_"):]
+        keep = [r.get("role") == f"{C.ABLATION_PREFIX}{name}"
+                or (name != "nfe" and here and C.config_key(r) == (1,)) for r, here in zip(recs, screen_here)]
+    else:
+        keep = [True] * len(recs)
+    sub = done[pd.Series(keep, index=done.index, dtype=bool)]
+    sub.attrs = trials.attrs
+    return sub
+
+
 def provenance(trials: pd.DataFrame) -> str:
-    """One line for the foot of a figure: the study's completed trials by fidelity with their training length and
-    seeds, the FID sample count, and the machines they trained on (the ``device`` attribute; older trials have
-    none). A figure draws from some of them (its title and labels say which); the line is the study's."""
+    """One line on ``trials`` (e.g. :func:`drawn_trials`, for the foot of a figure): the completed ones by fidelity
+    with their training length and seeds, the FID sample count, and the machines they trained on (the ``device``
+    attribute; older trials have none)."""
     done = completed(trials)
     parts = []
     for fid in C.FIDELITIES:
@@ -315,7 +340,7 @@ def provenance(trials: pd.DataFrame) -> str:
     machines = Counter(machine_of(d) for d in (done["device"] if "device" in done else [None] * len(done)))
     parts.append("machines: " + ", ".join(f"{m} ({n})" for m, n in sorted(
         machines.items(), key=lambda kv: (kv[0] == "not recorded", -kv[1], kv[0]))))
-    return "the study's completed trials, " + "; ".join(parts)
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- ablations

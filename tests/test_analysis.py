@@ -417,15 +417,18 @@ def test_report_cli_on_synthetic_study(synth, tmp_path):
         _assert_svg(out / f"{name}.svg")
     # the schedule grid has only a waiting trial: no figure, a note instead
     assert not (out / "ablation_schedule.png").exists()
-    # every figure's foot names what it rests on (the guide: training length, seeds, samples, machine)
-    foot = json.loads((out / "summary.json").read_text())["provenance"]
-    assert "iterations" in foot and "seeds" in foot and "FID on" in foot and "machines:" in foot
+    # every figure's foot names the trials it draws from (the guide: training length, seeds, samples, machine)
+    summary = json.loads((out / "summary.json").read_text())
+    md = (out / "summary.md").read_text()
     for name in EXPECTED_FIGURES:
+        foot = summary["figures"][name]["foot"]
+        assert "iterations" in foot and "seeds" in foot and "FID on" in foot and "machines:" in foot
         # matplotlib's SVG keeps each drawn line of text as a comment beside its glyph paths
         drawn = " ".join(html.unescape(t) for t in re.findall(r"<!-- (.*?) -->", (out / f"{name}.svg").read_text(),
                                                               flags=re.S))
-        assert " ".join(foot.split()) in " ".join(drawn.split()), name
-    assert f"Under each figure: {foot}." in (out / "summary.md").read_text()
+        assert f"Trials drawn: {foot}" in " ".join(drawn.split()), name
+        assert f"Trials drawn: {foot}." in md
+    assert f"All completed trials: {summary['provenance']}." in md
 
     csv = pd.read_csv(out / "trials.csv")
     assert len(csv) == synth.n_trials and sorted(csv["number"]) == list(range(synth.n_trials))
@@ -1039,8 +1042,36 @@ def test_provenance_names_each_fidelitys_length_and_seeds_the_samples_and_the_ma
             dict(number=4, state="FAIL", fidelity="full", iterations=1563, seeds=[1003], device="cpu")]
     trials = pd.DataFrame(rows).assign(value=[22.0, 21.5, 16.5, 16.0, float("nan")])
     trials.attrs["study"] = {"fid_samples": 10000}
-    assert provenance(trials) == ("the study's completed trials, screen (2): 80 iterations; seeds 0 (1 per trial); full (2): "
+    assert provenance(trials) == ("screen (2): 80 iterations; seeds 0 (1 per trial); full (2): "
                                   "1563 iterations; seeds 1000, 1001, 1002 (3 per trial); FID on 10,000 samples; "
                                   "machines: NVIDIA H200 (2), NVIDIA H100 (1), not recorded (1)")
     assert machine_of("cpu") == "cpu" and machine_of(float("nan")) == "not recorded"
+
+
+def test_each_figure_draws_from_its_own_trials():
+    """drawn_trials: Figure 4 and FID vs K the screen at the study's NFE, the headline figure each NFE's headline
+    fidelity, the nfe grid its own trials only, another ablation its trials and the screen's K = 1 band."""
+    from analysis.summary import drawn_trials, provenance
+
+    def row(n, fid, nfe, k, role, seeds, device=None, value=20.0):
+        return dict(number=n, state="COMPLETE", value=value, fidelity=fid, nfe=nfe, K=k, a=0.5 if k > 1 else None,
+                    b=1.0 if k > 1 else None, weights_mode="exp", role=role, seeds=seeds,
+                    iterations=80 if fid == "screen" else 1563, device=device)
+    trials = pd.DataFrame([
+        row(0, "screen", 2, 1, "baseline-k1", [0]), row(1, "screen", 2, 4, "search", [0]),
+        row(2, "full", 2, 1, "confirm", [1000], "cuda:0 (NVIDIA H200)"),
+        row(3, "full", 2, 4, "confirm", [1000], "cuda:0 (NVIDIA H200)", 19.0),
+        row(4, "full", 3, 1, "ablation:nfe", [1000, 1001, 1002], "cuda:1 (NVIDIA H200)", 12.8),
+        row(5, "full", 3, 4, "ablation:nfe", [1000, 1001, 1002], "cuda:0 (NVIDIA H200)", 12.2),
+        row(6, "screen", 2, 4, "ablation:k", [1000], "cuda:0 (NVIDIA H100)"),
+    ])
+    trials.attrs["study"] = {"nfe": 2, "fid_samples": 10000}
+    numbers = lambda fig: sorted(drawn_trials(trials, fig)["number"])  # noqa: E731
+    assert numbers("ab_vs_fid") == numbers("fid_vs_k") == [0, 1, 6]
+    assert numbers("baseline_vs_bdense") == [2, 3, 4, 5]  # NFE 2 and NFE 3 at their headline fidelity: full
+    assert numbers("ablation_nfe") == [4, 5] and numbers("ablation_k") == [0, 6]
+    assert numbers("optuna_history") == list(range(7))
+    assert provenance(drawn_trials(trials, "ablation_nfe")) == (
+        "full (2): 1563 iterations; seeds 1000, 1001, 1002 (3 per trial); FID on 10,000 samples; "
+        "machines: NVIDIA H200 (2)")
 
