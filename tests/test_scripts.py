@@ -720,9 +720,10 @@ def test_a_chain_started_in_the_first_call_waits_for_the_assets_later_calls_stag
     assert 3 <= time.monotonic() - t0 < 30
 
 
-def _run_call_20(tmp_path, gpus: int, minutes: int, nfes: str = "4 5"):
+def _run_call_20(tmp_path, gpus: int, minutes: int, nfes: str = "4 5", disk_gib: int = 500):
     """results/fmnist-campaign/call-20.sh with its device work stubbed: a fake ``nvidia-smi`` naming ``gpus`` GPUs,
-    ``bg.sh`` and ``study.sh`` that only write down how they were called, the assets already staged. Returns
+    ``bg.sh`` and ``study.sh`` that only write down how they were called, a fake ``df`` with ``disk_gib`` free,
+    the assets already staged. Returns
     the calls, in order."""
     import subprocess
 
@@ -737,6 +738,9 @@ def _run_call_20(tmp_path, gpus: int, minutes: int, nfes: str = "4 5"):
                        ("scripts/gpu/study.sh", f'echo "study $*" >> {log}'),
                        ("scripts/gpu/monitor.sh", "true")):
         (work / name).write_text(body + "\n")
+    df = bin_ / "df"  # the disk under the stage folder: DISK_GIB free (the banks' files)
+    df.write_text(f"#!/bin/sh\necho Avail\necho {disk_gib}\n")
+    df.chmod(0o755)
     smi = bin_ / "nvidia-smi"
     smi.write_text("#!/bin/sh\n" + "".join(f'echo "GPU {g}: NVIDIA H200 (UUID: GPU-{g})"\n' for g in range(gpus)))
     smi.chmod(0o755)
@@ -825,3 +829,17 @@ def test_bench_trials_names_the_error_line_of_a_failed_study_not_its_shutdown_wa
               "  warnings.warn('resource_tracker: There appear to be %d '\n")
     assert error_line(stderr).startswith("RuntimeError: TODO: graph recording observed")
     assert error_line("one line\n\n") == "one line" and error_line("") == "(no stderr)"
+
+
+def test_the_nfe_chain_starts_no_nfe_whose_banks_the_disk_cannot_hold(tmp_path):
+    """A bank holds 12 NFE + 1 points of 200,064 fp16 images (14.1 GiB at NFE 3): one H200's 64 GiB disk holds NFE
+    4's three (56 GiB) when 59 GiB are free, never NFE 5's (70 GiB); solved in parts, one bank more at the peak."""
+    calls, out, _ = _run_call_20(tmp_path / "one-4", gpus=1, minutes=60, nfes="4", disk_gib=59)
+    assert any("--ablation-nfe 4" in c for c in calls) and "(59 GiB of the 59 free)" in out
+    calls, out, _ = _run_call_20(tmp_path / "one-5", gpus=1, minutes=60, nfes="5", disk_gib=60)
+    assert not any("banks.py" in c or "--ablation-nfe" in c for c in calls)
+    assert "NFE 5 not started: its banks need about 72 GiB" in out and "60 GiB are free" in out
+    calls, out, _ = _run_call_20(tmp_path / "two-5", gpus=2, minutes=60, nfes="5", disk_gib=96)
+    assert "--bank 5:full:1000:1/2" in " ".join(calls) and "(96 GiB of the 96 free)" in out
+    assert calls[-1] == "study 1"
+

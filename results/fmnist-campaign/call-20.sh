@@ -19,7 +19,9 @@
 #   nvidia-h200-x2: NFE 4 in about 19 minutes (banks 10, then two trials at once, 5.5, and the third, 3.5); NFE 5
 #                   in the next session (about 22 minutes).
 #   nvidia-h200-x4: NFE 4 in about 11 minutes (banks 5, three trials at once), NFE 5 in about 13 more.
-#   nvidia-h200:    NFE 4's banks alone take about 20 minutes: K = 1 and perhaps one more configuration.
+#   nvidia-h200:    NFE 4's banks alone take about 20 minutes: K = 1 and perhaps one more configuration; its 64 GiB
+#                   disk holds NFE 4's three banks (56 GiB) only if about 59 GiB are free, and never NFE 5's (70 GiB):
+#                   the chain checks the disk first and says so.
 # Here first: `bash scripts/gpu/prepare.sh`, then the run folder from the published reports:
 #   for r in report-sfd-2026-11-29 report-pd-x-2026-11-29 report-pd-state-2026-11-29; do
 #     python -m study.rebuild results/fmnist-campaign/$r --runs-dir /tmp/runs; done
@@ -48,7 +50,14 @@ for N in ${NFES:-4 5}; do
     find "$BDENSE_CACHE_DIR" -name 'bank-*.pt' -delete  # the last NFE's banks: its study has ended
   fi
   first=0
-  echo "call-20.sh: NFE $N's banks in $G part(s) from $(date -u +%H:%M:%S)"
+  # a bank holds 12 NFE + 1 points of 200,064 fp16 images, 0.3815 GiB each (14.1 GiB at NFE 3); solved in parts,
+  # the last part's join writes the bank beside its parts: one bank more at the peak
+  need=$(awk -v n=$N -v g=$G 'BEGIN { print int((g > 1 ? 4 : 3) * 0.3815 * (12 * n + 1) + 2.999) }')
+  free=$(df -B1G --output=avail "$S" | tail -1 | tr -d ' ')
+  if [ "$free" -lt "$need" ]; then
+    echo "call-20.sh: NFE $N not started: its banks need about $need GiB of disk under $S, $free GiB are free"; break
+  fi
+  echo "call-20.sh: NFE $N's banks in $G part(s) from $(date -u +%H:%M:%S) ($need GiB of the $free free)"
   for g in $(seq 1 $G); do
     part=$([ "$G" -gt 1 ] && echo ":$g/$G")
     bash scripts/gpu/bg.sh start nfe$N-b$g python scripts/gpu/banks.py --bank $N:full:1000$part \

@@ -5,7 +5,8 @@
 #   bash scripts/gpu/bg.sh start mon bash scripts/gpu/monitor.sh /tmp/bd/out/monitor [SECONDS]
 # Once: CPUs, the cgroup's CPU quota, memory, GPUs. Every SECONDS (default 20) a sample into DIR/monitor.log: the
 # time, the load average, per GPU its utilisation, memory, power and SM clock, the processes on the GPUs, the
-# cgroup's CPU throttling counters, free memory, and the busiest processes and threads (top). It runs until it is
+# cgroup's CPU throttling counters, free memory, the disk under /tmp (the banks' files), and the busiest processes
+# and threads (top). It runs until it is
 # stopped (`bash scripts/gpu/bg.sh stop mon`) or the machine goes; bring DIR back with the wait calls' logs.
 set -uo pipefail
 DIR=${1:?a folder for monitor.log}
@@ -28,6 +29,7 @@ while true; do
   fi
   cg /sys/fs/cgroup/cpu.stat /sys/fs/cgroup/cpu/cpu.stat
   free -g | sed -n 2p
+  df -B1G --output=size,used,avail /tmp | sed -n 2p | sed 's/^/disk GiB (size used avail) of \/tmp:/'
   if have top; then  # top's second frame: its first has no interval to measure CPU use over
     top -c -b -n 2 -d 1 -w 160 -o %CPU | awk '/^top -/ {n++} n == 2' | sed -n '7,19p'     # processes
     top -H -b -n 2 -d 1 -w 160 -o %CPU | awk '/^top -/ {n++} n == 2' | sed -n '8,19p'  # threads
