@@ -278,15 +278,15 @@ def settings(trials: pd.DataFrame, fields: Iterable[str] | None = None) -> dict[
 
 
 def settings_for(trials: pd.DataFrame, nfe: int | None = None, fidelity: str | None = None,
-                 role: str | None = None) -> dict[str, Any]:
-    """:func:`settings` of the completed trials at ``nfe``/``fidelity``/``role`` (None: any)."""
+                 role: str | None = None, fields: Iterable[str] | None = None) -> dict[str, Any]:
+    """:func:`settings` (of ``fields``) of the completed trials at ``nfe``/``fidelity``/``role`` (None: any)."""
     done = completed(trials)
-    default = main_nfe(trials)
+    default = main_nfe(trials) if nfe is not None else None  # the study's NFE only where one is asked for
     keep = [(nfe is None or C.nfe_of(r, default) == nfe) and (fidelity is None or C.fidelity_of(r) == fidelity)
             and (role is None or r.get("role") == role) for r in records(done)]
     sub = done[pd.Series(keep, index=done.index, dtype=bool)]
     sub.attrs = trials.attrs
-    return settings(sub)
+    return settings(sub, fields)
 
 
 def machine_of(device: Any) -> str:
@@ -327,13 +327,10 @@ def provenance(trials: pd.DataFrame) -> str:
     with their training length and seeds, the FID sample count, and the machines they trained on (the ``device``
     attribute; older trials have none)."""
     done = completed(trials)
-    parts = []
-    for fid in C.FIDELITIES:
-        keep = pd.Series([C.fidelity_of(r) == fid for r in records(done)], index=done.index, dtype=bool)
-        sub = done[keep]
-        if len(sub):
-            sub.attrs = trials.attrs
-            parts.append(f"{fid} ({len(sub)}): {settings(sub, fields=[C.ITERATIONS, C.SEEDS])['text']}")
+    by_fidelity = Counter(C.fidelity_of(r) for r in records(done))
+    parts = [f"{fid} ({by_fidelity[fid]}): "
+             f"{settings_for(trials, fidelity=fid, fields=[C.ITERATIONS, C.SEEDS])['text']}"
+             for fid in C.FIDELITIES if by_fidelity[fid]]
     samples = trials.attrs.get("study", {}).get("fid_samples")
     if samples:
         parts.append(f"FID on {int(samples):,} samples")

@@ -17,17 +17,14 @@ export BDENSE_NUM_THREADS=${BDENSE_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 END=$(( $(date +%s) + ${MINUTES:-${1:-26}} * 60 ))
 left() { local m=$(( (END - $(date +%s)) / 60 )); echo $(( m > 1 ? m : 1 )); }
 lane() { local m=$(( $(left) - 1 )); echo $(( m > 1 ? m : 1 )); }
+assets_staged() { case "$(stage_status)" in *"data=yes wheels=yes inception=yes"*) return 0;; esac; return 1; }
 need_assets() {
-  local said; said=$(stage_status)  # stage.sh's, as this file sourced it above
-  case "$said" in *"data=yes wheels=yes inception=yes"*) return 0;; esac
-  echo "${0##*/}: not every asset is staged ($said): carry the missing .gpu/pN parts, then start the chain again"
+  assets_staged && return 0  # stage_status: stage.sh's, as this file sourced it above
+  echo "${0##*/}: not every asset is staged ($(stage_status)): carry the missing .gpu/pN parts, then start the chain again"
   exit 2
 }
 wait_assets() {
   local end=$(( $(date +%s) + ${1:-0} ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    case "$(stage_status)" in *"data=yes wheels=yes inception=yes"*) return 0;; esac
-    sleep 5
-  done
+  while [ "$(date +%s)" -lt "$end" ]; do assets_staged && return 0; sleep 5; done
   need_assets
 }
